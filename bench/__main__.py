@@ -15,7 +15,9 @@ import bench
 
 
 def main(names: list[str]) -> None:
-    available = sorted(m.name for m in pkgutil.iter_modules(bench.__path__) if not m.name.startswith("_"))
+    available = sorted(
+        m.name for m in pkgutil.iter_modules(bench.__path__) if not m.name.startswith("_")
+    )
     chosen = names or available
     unknown = [n for n in chosen if n not in available]
     if unknown:

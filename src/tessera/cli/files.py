@@ -22,4 +22,6 @@ def load_mapping(path: str) -> Any:
             return json.loads(text)
         return yaml.safe_load(text)
     except (yaml.YAMLError, json.JSONDecodeError) as exc:
-        raise InvalidInput(path, f"not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {exc}") from None
+        raise InvalidInput(
+            path, f"not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {exc}"
+        ) from None

@@ -23,7 +23,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("problem", help="problem file (YAML or JSON, see placement-contract.md)")
     p.add_argument("--solver", default="cg-bprr", choices=["cg-bprr", "petals", "milp"])
     p.add_argument("--format", default="table", choices=["json", "table"])
-    p.add_argument("--time-limit", type=float, default=60.0, help="MILP time limit in seconds (default 60)")
+    p.add_argument(
+        "--time-limit", type=float, default=60.0, help="MILP time limit in seconds (default 60)"
+    )
     p.add_argument("--seed", type=int, default=0, help="PETALS join-order seed (default 0)")
     p.set_defaults(func=run)
 
@@ -58,9 +60,13 @@ def render_table(problem: Problem, plan: Plan, baseline: Plan | None) -> str:
         lines.append(f"INFEASIBLE: {plan.reason}")
         return "\n".join(lines)
     width = max(len(p.server) for p in plan.placement)
-    lines.append(f"{'server'.ljust(width)}  {'blocks':>9}  0{' ' * (BAR_WIDTH - 2)}{problem.num_blocks}")
+    lines.append(
+        f"{'server'.ljust(width)}  {'blocks':>9}  0{' ' * (BAR_WIDTH - 2)}{problem.num_blocks}"
+    )
     for p in plan.placement:
-        lines.append(f"{p.server.ljust(width)}  {p.start:>3}..{p.end - 1:<4}  {_bar(p, problem.num_blocks)}")
+        lines.append(
+            f"{p.server.ljust(width)}  {p.start:>3}..{p.end - 1:<4}  {_bar(p, problem.num_blocks)}"
+        )
     lines.append("")
     for client, chain in plan.routes.items():
         lines.append(f"{client}: {' > '.join(chain)}")
@@ -72,9 +78,13 @@ def render_table(problem: Problem, plan: Plan, baseline: Plan | None) -> str:
         if pred.bound_per_token_s is not None:
             lines.append(f"Theorem 2 bound          : {pred.bound_per_token_s * 1000:.1f} ms")
     stats = plan.stats
-    lines.append(f"concurrent requests      : {stats.get('concurrent_requests')} ({stats.get('concurrent_requests_source', '')})")
+    lines.append(
+        f"concurrent requests      : {stats.get('concurrent_requests')} ({stats.get('concurrent_requests_source', '')})"
+    )
     if plan.solver == "milp":
-        lines.append(f"proven optimal           : {stats.get('proven_optimal')} ({stats.get('milp_status')}/{stats.get('milp_sol_status')})")
+        lines.append(
+            f"proven optimal           : {stats.get('proven_optimal')} ({stats.get('milp_status')}/{stats.get('milp_sol_status')})"
+        )
         if "fallback" in stats:
             lines.append(f"fallback                 : {stats['fallback']}")
     if baseline is not None:

@@ -40,13 +40,37 @@ GB = 10**9
 GPU_CLASSES: dict[str, GpuClass] = {
     g.name: g
     for g in (
-        GpuClass("h100-80gb", 79 * GB, 3.35e12, 989e12, ("NVIDIA-H100-80GB-HBM3", "NVIDIA-H100-SXM5-80GB")),
-        GpuClass("a100-80gb", 79_130_000_000, 2.0e12, 312e12, ("NVIDIA-A100-SXM4-80GB", "NVIDIA-A100-80GB-PCIe")),
-        GpuClass("a100-40gb", 39 * GB, 1.555e12, 312e12, ("NVIDIA-A100-SXM4-40GB", "NVIDIA-A100-PCIE-40GB")),
+        GpuClass(
+            "h100-80gb",
+            79 * GB,
+            3.35e12,
+            989e12,
+            ("NVIDIA-H100-80GB-HBM3", "NVIDIA-H100-SXM5-80GB"),
+        ),
+        GpuClass(
+            "a100-80gb",
+            79_130_000_000,
+            2.0e12,
+            312e12,
+            ("NVIDIA-A100-SXM4-80GB", "NVIDIA-A100-80GB-PCIe"),
+        ),
+        GpuClass(
+            "a100-40gb",
+            39 * GB,
+            1.555e12,
+            312e12,
+            ("NVIDIA-A100-SXM4-40GB", "NVIDIA-A100-PCIE-40GB"),
+        ),
         GpuClass("l40s", 46 * GB, 0.864e12, 362e12, ("NVIDIA-L40S",)),
         GpuClass("l4", 22 * GB, 0.3e12, 121e12, ("NVIDIA-L4",)),
         GpuClass("t4", 15 * GB, 0.32e12, 65e12, ("Tesla-T4",)),
-        GpuClass("mig-1g.10gb", 8_200_000_000, 0.25e12, 44e12, ("NVIDIA-A100-SXM4-80GB-MIG-1g.10gb", "NVIDIA-A100-80GB-PCIe-MIG-1g.10gb")),
+        GpuClass(
+            "mig-1g.10gb",
+            8_200_000_000,
+            0.25e12,
+            44e12,
+            ("NVIDIA-A100-SXM4-80GB-MIG-1g.10gb", "NVIDIA-A100-80GB-PCIe-MIG-1g.10gb"),
+        ),
     )
 }
 

@@ -77,7 +77,9 @@ class GreedyResult:
     bound_per_token_s: float
 
 
-def greedy_place(problem: Problem, concurrent_requests: int, blocks: list[int] | None = None) -> GreedyResult | None:
+def greedy_place(
+    problem: Problem, concurrent_requests: int, blocks: list[int] | None = None
+) -> GreedyResult | None:
     """Steps 1-2 of Algorithm 1 (CG-BP). None when some block stays under-served."""
     n_blocks, r = problem.num_blocks, concurrent_requests
     s_m, s_c = problem.model.block_bytes, problem.session_bytes_per_block
@@ -119,13 +121,15 @@ def greedy_place(problem: Problem, concurrent_requests: int, blocks: list[int] |
         return None
     top = order[:top_k]
     tau_k = problem.servers[top[-1]].decode_s_per_block
-    bound = sum(farthest_rtt(problem, j) + problem.servers[j].decode_s_per_block * m[j] for j in top) - tau_k * (
-        sum(m[j] for j in top) - n_blocks
-    )
+    bound = sum(
+        farthest_rtt(problem, j) + problem.servers[j].decode_s_per_block * m[j] for j in top
+    ) - tau_k * (sum(m[j] for j in top) - n_blocks)
     return GreedyResult(tuple(m), tuple(starts), tuple(order), tuple(t_tilde), top_k, bound)
 
 
-def route_clients(problem: Problem, placement: tuple[Placement, ...]) -> tuple[dict[str, tuple[str, ...]], list[list[tuple[int, int]]]]:
+def route_clients(
+    problem: Problem, placement: tuple[Placement, ...]
+) -> tuple[dict[str, tuple[str, ...]], list[list[tuple[int, int]]]]:
     """Step 3: the decode-cost shortest chain of every client. Empty chain where none exists."""
     idx = {s.name: i for i, s in enumerate(problem.servers)}
     graph = build_graph(problem.num_blocks, [(idx[p.server], p.start, p.blocks) for p in placement])
@@ -143,7 +147,9 @@ def route_clients(problem: Problem, placement: tuple[Placement, ...]) -> tuple[d
 
 def placement_of(problem: Problem, g: GreedyResult) -> tuple[Placement, ...]:
     return tuple(
-        Placement(s.name, g.starts[j], g.blocks[j]) for j, s in enumerate(problem.servers) if g.blocks[j] > 0
+        Placement(s.name, g.starts[j], g.blocks[j])
+        for j, s in enumerate(problem.servers)
+        if g.blocks[j] > 0
     )
 
 

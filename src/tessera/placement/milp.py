@@ -48,7 +48,11 @@ def solve(problem: Problem, concurrent_requests: int, time_limit_s: float) -> Mi
         raise ValueError("time_limit_s must be positive")
     n, big_l = len(problem.servers), problem.num_blocks
     s_c = problem.session_bytes_per_block
-    units = [(c, n_c) for c, n_c in enumerate(requests_per_client(problem, concurrent_requests)) if n_c > 0]
+    units = [
+        (c, n_c)
+        for c, n_c in enumerate(requests_per_client(problem, concurrent_requests))
+        if n_c > 0
+    ]
     edges = _edges(n)
 
     prob = pulp.LpProblem("bprr", pulp.LpMinimize)
@@ -90,11 +94,19 @@ def solve(problem: Problem, concurrent_requests: int, time_limit_s: float) -> Mi
                 prob += de >= m[i] - big_l * (1 - fv)
                 prob += al <= a[i] + m[i]  # (13e)
             # (13f) a_i + m_i <= a_j + m_j - 1 when used
-            prob += be + de <= (big_l + 1 if j == "D" else a[j] + m[j] - 1)
             f[key], lin[key] = fv, (al, be, ga, de)
             n_blocks[key] = al + ga - be - de
-            if j != "D":
-                objective.append(n_c * (problem.link(c, j).rtt_s * fv + problem.servers[j].decode_s_per_block * n_blocks[key]))
+            if j == "D":
+                prob += be + de <= big_l + 1
+            elif isinstance(j, int):
+                prob += be + de <= a[j] + m[j] - 1
+                objective.append(
+                    n_c
+                    * (
+                        problem.link(c, j).rtt_s * fv
+                        + problem.servers[j].decode_s_per_block * n_blocks[key]
+                    )
+                )
         # (13c) one unit of flow from S to D
         for node in ["S", "D", *range(n)]:
             out_f = pulp.lpSum(f[(u, i, j)] for i, j in edges if i == node)
@@ -103,8 +115,15 @@ def solve(problem: Problem, concurrent_requests: int, time_limit_s: float) -> Mi
     for j in range(n):
         prob += a[j] + m[j] <= big_l + 1  # (13d)
         # (13b) memory, in units of one session's KV cache of one block (keeps CBC's numbers small)
-        used = pulp.lpSum(n_c * n_blocks[(u, i, jj)] for u, (_, n_c) in enumerate(units) for i, jj in edges if jj == j)
-        prob += (problem.model.block_bytes / s_c) * m[j] + used <= problem.servers[j].memory_bytes / s_c
+        used = pulp.lpSum(
+            n_c * n_blocks[(u, i, jj)]
+            for u, (_, n_c) in enumerate(units)
+            for i, jj in edges
+            if jj == j
+        )
+        prob += (problem.model.block_bytes / s_c) * m[j] + used <= problem.servers[
+            j
+        ].memory_bytes / s_c
     prob += pulp.lpSum(objective) / concurrent_requests
 
     warm = cg_bprr.solve(problem, concurrent_requests)
@@ -126,27 +145,60 @@ def solve(problem: Problem, concurrent_requests: int, time_limit_s: float) -> Mi
         "proven_optimal": proven,
     }
     if prob.status == pulp.LpStatusInfeasible:
-        reason = cg_bprr.infeasible_reason(problem, concurrent_requests) if not warm.feasible else "milp: infeasible"
-        return MilpResult(Plan(SOLVER, False, reason=f"{reason} (proven by the MILP)", stats=MappingProxyType(stats)), False, status, sol_status)
+        reason = (
+            cg_bprr.infeasible_reason(problem, concurrent_requests)
+            if not warm.feasible
+            else "milp: infeasible"
+        )
+        return MilpResult(
+            Plan(
+                SOLVER,
+                False,
+                reason=f"{reason} (proven by the MILP)",
+                stats=MappingProxyType(stats),
+            ),
+            False,
+            status,
+            sol_status,
+        )
     if not has_solution:
-        return _fallback(warm, stats, f"no MILP incumbent within {time_limit_s} s", status, sol_status)
+        return _fallback(
+            warm, stats, f"no MILP incumbent within {time_limit_s} s", status, sol_status
+        )
     plan = _extract(problem, units, a, m, f, stats)
     if warm.feasible and warm.predicted is not None and plan.predicted is not None:
         if plan.predicted.per_token_s > warm.predicted.per_token_s * (1 + 1e-9):
             # CBC returned an incumbent worse than the warm start it was given: keep the better.
-            return _fallback(warm, stats, "MILP incumbent worse than the CG-BPRR warm start", status, sol_status)
+            return _fallback(
+                warm, stats, "MILP incumbent worse than the CG-BPRR warm start", status, sol_status
+            )
     return MilpResult(plan, proven, status, sol_status)
 
 
-def _fallback(warm: Plan, stats: dict[str, Any], why: str, status: str, sol_status: str) -> MilpResult:
+def _fallback(
+    warm: Plan, stats: dict[str, Any], why: str, status: str, sol_status: str
+) -> MilpResult:
     stats = {**stats, **dict(warm.stats), "proven_optimal": False, "fallback": f"cg-bprr: {why}"}
     if not warm.feasible:
-        return MilpResult(Plan(SOLVER, False, reason=f"{warm.reason}; {why}", stats=MappingProxyType(stats)), False, status, sol_status)
+        return MilpResult(
+            Plan(SOLVER, False, reason=f"{warm.reason}; {why}", stats=MappingProxyType(stats)),
+            False,
+            status,
+            sol_status,
+        )
     plan = Plan(SOLVER, True, warm.placement, warm.routes, warm.predicted, MappingProxyType(stats))
     return MilpResult(plan, False, status, sol_status)
 
 
-def _warm_start(problem: Problem, warm: Plan, units: list[tuple[int, int]], a: list[Any], m: list[Any], f: dict[tuple[int, Any, Any], Any], lin: dict[tuple[int, Any, Any], tuple[Any, Any, Any, Any]]) -> None:
+def _warm_start(
+    problem: Problem,
+    warm: Plan,
+    units: list[tuple[int, int]],
+    a: list[Any],
+    m: list[Any],
+    f: dict[tuple[int, Any, Any], Any],
+    lin: dict[tuple[int, Any, Any], tuple[Any, Any, Any, Any]],
+) -> None:
     placed = {p.server: p for p in warm.placement}
     a_val, m_val = [], []
     for j, s in enumerate(problem.servers):
@@ -171,7 +223,14 @@ def _warm_start(problem: Problem, warm: Plan, units: list[tuple[int, int]], a: l
             de.setInitialValue(on * (1 if i == "S" else m_val[i]))
 
 
-def _extract(problem: Problem, units: list[tuple[int, int]], a: list[Any], m: list[Any], f: dict[tuple[int, Any, Any], Any], stats: dict[str, Any]) -> Plan:
+def _extract(
+    problem: Problem,
+    units: list[tuple[int, int]],
+    a: list[Any],
+    m: list[Any],
+    f: dict[tuple[int, Any, Any], Any],
+    stats: dict[str, Any],
+) -> Plan:
     placement = tuple(
         Placement(s.name, round(a[j].value()) - 1, round(m[j].value()))
         for j, s in enumerate(problem.servers)
@@ -183,7 +242,11 @@ def _extract(problem: Problem, units: list[tuple[int, int]], a: list[Any], m: li
         node: Any = "S"
         chain: list[str] = []
         for _ in range(len(problem.servers) + 1):
-            node = next(j for (uu, i, j), fv in f.items() if uu == u and i == node and (fv.value() or 0) > 0.5)
+            node = next(
+                j
+                for (uu, i, j), fv in f.items()
+                if uu == u and i == node and (fv.value() or 0) > 0.5
+            )
             if node == "D":
                 break
             chain.append(problem.servers[node].name)
@@ -194,8 +257,13 @@ def _extract(problem: Problem, units: list[tuple[int, int]], a: list[Any], m: li
         extra, _ = cg_bprr.route_clients(problem, placement)
         for cl in missing:
             routes[cl.name] = extra[cl.name]
-    hops = [chain_hops(problem, placed, routes[cl.name]) if routes[cl.name] else [] for cl in problem.clients]
+    hops = [
+        chain_hops(problem, placed, routes[cl.name]) if routes[cl.name] else []
+        for cl in problem.clients
+    ]
     predicted = predicted_for(problem, hops, None)
     if not math.isfinite(predicted.per_token_s):
         stats = {**stats, "note": "a client has no chain"}
-    return Plan(SOLVER, True, placement, MappingProxyType(routes), predicted, MappingProxyType(stats))
+    return Plan(
+        SOLVER, True, placement, MappingProxyType(routes), predicted, MappingProxyType(stats)
+    )

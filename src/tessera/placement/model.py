@@ -102,7 +102,9 @@ class Problem:
 
     def with_concurrency(self, concurrent_requests: int) -> Problem:
         w = self.workload
-        workload = Workload(w.max_input_tokens, w.max_output_tokens, concurrent_requests, w.arrival_rate)
+        workload = Workload(
+            w.max_input_tokens, w.max_output_tokens, concurrent_requests, w.arrival_rate
+        )
         return Problem(self.model, workload, self.servers, self.clients, self.links)
 
 

@@ -14,7 +14,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from tessera.errors import InvalidInput
 
-from .model import Client, Link, ModelSpec, Placement, Plan, Predicted, PrefillCost, Problem, Server, Workload
+from .model import (
+    Client,
+    Link,
+    ModelSpec,
+    Placement,
+    Plan,
+    Predicted,
+    PrefillCost,
+    Problem,
+    Server,
+    Workload,
+)
 
 
 class _Strict(BaseModel):
@@ -89,11 +100,16 @@ def _field_path(loc: tuple[int | str, ...], data: Any) -> str:
 
 
 def _check_names(raw: _ProblemIn) -> None:
-    for kind, names in (("servers", [s.name for s in raw.servers]), ("clients", [c.name for c in raw.clients])):
+    for kind, names in (
+        ("servers", [s.name for s in raw.servers]),
+        ("clients", [c.name for c in raw.clients]),
+    ):
         seen: set[str] = set()
         for i, n in enumerate(names):
             if n in seen:
-                raise InvalidInput(f"{kind}[{i}].name", f"duplicate name {n!r}; names must be unique")
+                raise InvalidInput(
+                    f"{kind}[{i}].name", f"duplicate name {n!r}; names must be unique"
+                )
             seen.add(n)
     servers = {s.name for s in raw.servers}
     clients = {c.name for c in raw.clients}
@@ -122,7 +138,9 @@ def _check_names(raw: _ProblemIn) -> None:
 def problem_from_dict(data: Any) -> Problem:
     """Parse a problem mapping (from YAML or JSON). Raises InvalidInput naming the field."""
     if not isinstance(data, Mapping):
-        raise InvalidInput("", "a problem must be a mapping with model, workload, servers, clients, links")
+        raise InvalidInput(
+            "", "a problem must be a mapping with model, workload, servers, clients, links"
+        )
     try:
         raw = _ProblemIn.model_validate(dict(data))
     except ValidationError as exc:
@@ -130,7 +148,12 @@ def problem_from_dict(data: Any) -> Problem:
         raise InvalidInput(_field_path(tuple(err["loc"]), data), err["msg"]) from None
     _check_names(raw)
     return Problem(
-        model=ModelSpec(raw.model.name, raw.model.num_blocks, raw.model.block_bytes, raw.model.cache_bytes_per_token),
+        model=ModelSpec(
+            raw.model.name,
+            raw.model.num_blocks,
+            raw.model.block_bytes,
+            raw.model.cache_bytes_per_token,
+        ),
         workload=Workload(
             raw.workload.max_input_tokens,
             raw.workload.max_output_tokens,
@@ -138,7 +161,12 @@ def problem_from_dict(data: Any) -> Problem:
             raw.workload.arrival_rate,
         ),
         servers=tuple(
-            Server(s.name, s.memory_bytes, s.decode_s_per_block, PrefillCost(s.prefill_s_per_block.per_token, s.prefill_s_per_block.fixed))
+            Server(
+                s.name,
+                s.memory_bytes,
+                s.decode_s_per_block,
+                PrefillCost(s.prefill_s_per_block.per_token, s.prefill_s_per_block.fixed),
+            )
             for s in raw.servers
         ),
         clients=tuple(Client(c.name, c.weight) for c in raw.clients),
@@ -148,26 +176,40 @@ def problem_from_dict(data: Any) -> Problem:
 
 def problem_to_dict(problem: Problem) -> dict[str, Any]:
     w = problem.workload
-    workload: dict[str, Any] = {"max_input_tokens": w.max_input_tokens, "max_output_tokens": w.max_output_tokens}
+    workload: dict[str, Any] = {
+        "max_input_tokens": w.max_input_tokens,
+        "max_output_tokens": w.max_output_tokens,
+    }
     if w.concurrent_requests is not None:
         workload["concurrent_requests"] = w.concurrent_requests
     if w.arrival_rate is not None:
         workload["arrival_rate"] = w.arrival_rate
     m = problem.model
     return {
-        "model": {"name": m.name, "num_blocks": m.num_blocks, "block_bytes": m.block_bytes, "cache_bytes_per_token": m.cache_bytes_per_token},
+        "model": {
+            "name": m.name,
+            "num_blocks": m.num_blocks,
+            "block_bytes": m.block_bytes,
+            "cache_bytes_per_token": m.cache_bytes_per_token,
+        },
         "workload": workload,
         "servers": [
             {
                 "name": s.name,
                 "memory_bytes": s.memory_bytes,
                 "decode_s_per_block": s.decode_s_per_block,
-                "prefill_s_per_block": {"per_token": s.prefill_s_per_block.per_token_s, "fixed": s.prefill_s_per_block.fixed_s},
+                "prefill_s_per_block": {
+                    "per_token": s.prefill_s_per_block.per_token_s,
+                    "fixed": s.prefill_s_per_block.fixed_s,
+                },
             }
             for s in problem.servers
         ],
         "clients": [{"name": c.name, "weight": c.weight} for c in problem.clients],
-        "links": [{"client": lk.client, "server": lk.server, "rtt_s": lk.rtt_s, "prefill_s": lk.prefill_s} for lk in problem.links],
+        "links": [
+            {"client": lk.client, "server": lk.server, "rtt_s": lk.rtt_s, "prefill_s": lk.prefill_s}
+            for lk in problem.links
+        ],
     }
 
 
@@ -179,7 +221,9 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
     out: dict[str, Any] = {"solver": plan.solver, "feasible": plan.feasible}
     if plan.reason is not None:
         out["reason"] = plan.reason
-    out["placement"] = [{"server": p.server, "start": p.start, "blocks": p.blocks} for p in plan.placement]
+    out["placement"] = [
+        {"server": p.server, "start": p.start, "blocks": p.blocks} for p in plan.placement
+    ]
     out["routes"] = {c: list(chain) for c, chain in plan.routes.items()}
     if plan.predicted is not None:
         pred: dict[str, Any] = {

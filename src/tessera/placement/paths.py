@@ -51,7 +51,9 @@ def build_graph(num_blocks: int, ranges: Sequence[tuple[int, int, int]]) -> Chai
         (e, np.asarray(members, dtype=np.intp), max(ends[r] - starts[r] for r in members))
         for e, members in sorted(by_end.items())
     )
-    return ChainGraph(num_blocks, servers, starts, ends, kmax, groups, np.arange(1, kmax + 1, dtype=np.float64))
+    return ChainGraph(
+        num_blocks, servers, starts, ends, kmax, groups, np.arange(1, kmax + 1, dtype=np.float64)
+    )
 
 
 def linear_costs(graph: ChainGraph, per_hop_s: FloatArray, per_block_s: FloatArray) -> FloatArray:

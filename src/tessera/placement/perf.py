@@ -24,28 +24,43 @@ def blocks_processed(ranges: Sequence[tuple[int, int]]) -> list[int]:
     return out
 
 
-def chain_hops(problem: Problem, placement: Mapping[str, Placement], chain: Sequence[str]) -> list[tuple[int, int]]:
+def chain_hops(
+    problem: Problem, placement: Mapping[str, Placement], chain: Sequence[str]
+) -> list[tuple[int, int]]:
     """(server index, blocks processed) for each hop of a named chain."""
     ranges = [(placement[name].start, placement[name].end) for name in chain]
-    return [(problem.server_index(n), k) for n, k in zip(chain, blocks_processed(ranges), strict=True)]
+    return [
+        (problem.server_index(n), k) for n, k in zip(chain, blocks_processed(ranges), strict=True)
+    ]
 
 
 def decode_s_per_token(problem: Problem, client: int, hops: Sequence[tuple[int, int]]) -> float:
-    return sum(problem.link(client, j).rtt_s + problem.servers[j].decode_s_per_block * k for j, k in hops)
+    return sum(
+        problem.link(client, j).rtt_s + problem.servers[j].decode_s_per_block * k for j, k in hops
+    )
 
 
-def first_token_s(problem: Problem, client: int, hops: Sequence[tuple[int, int]], input_tokens: int | None = None) -> float:
+def first_token_s(
+    problem: Problem, client: int, hops: Sequence[tuple[int, int]], input_tokens: int | None = None
+) -> float:
     l_in = problem.workload.max_input_tokens if input_tokens is None else input_tokens
     return sum(
-        problem.link(client, j).prefill_s + problem.servers[j].prefill_s_per_block.seconds(l_in) * k for j, k in hops
+        problem.link(client, j).prefill_s + problem.servers[j].prefill_s_per_block.seconds(l_in) * k
+        for j, k in hops
     )
 
 
-def request_s(problem: Problem, client: int, hops: Sequence[tuple[int, int]], input_tokens: int, output_tokens: int) -> float:
+def request_s(
+    problem: Problem,
+    client: int,
+    hops: Sequence[tuple[int, int]],
+    input_tokens: int,
+    output_tokens: int,
+) -> float:
     """Service time of one request: first token, then one decode step per further token (section 2.1)."""
-    return first_token_s(problem, client, hops, input_tokens) + (output_tokens - 1) * decode_s_per_token(
-        problem, client, hops
-    )
+    return first_token_s(problem, client, hops, input_tokens) + (
+        output_tokens - 1
+    ) * decode_s_per_token(problem, client, hops)
 
 
 def server_slots(problem: Problem, server: int, blocks: int) -> int:
@@ -80,8 +95,12 @@ def farthest_rtt(problem: Problem, server: int) -> float:
     return max(problem.link(c, server).rtt_s for c in range(len(problem.clients)))
 
 
-def predicted_for(problem: Problem, hops_all: Sequence[Sequence[tuple[int, int]]], bound: float | None) -> Predicted:
+def predicted_for(
+    problem: Problem, hops_all: Sequence[Sequence[tuple[int, int]]], bound: float | None
+) -> Predicted:
     """Client-weighted per-token and first-token time of one chain per client (inf: no chain)."""
-    per_token = [decode_s_per_token(problem, c, h) if h else math.inf for c, h in enumerate(hops_all)]
+    per_token = [
+        decode_s_per_token(problem, c, h) if h else math.inf for c, h in enumerate(hops_all)
+    ]
     first = [first_token_s(problem, c, h) if h else math.inf for c, h in enumerate(hops_all)]
     return Predicted(weighted_mean(problem, per_token), weighted_mean(problem, first), bound)

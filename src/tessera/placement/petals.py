@@ -22,8 +22,8 @@ from types import MappingProxyType
 import numpy as np
 
 from .model import Placement, Plan, Problem
-from .perf import predicted_for
 from .paths import ChainGraph, FloatArray, best_chain, build_graph, linear_costs
+from .perf import predicted_for
 
 SOLVER = "petals"
 HOP_OVERHEAD_S = 0.018  # PETALS' per-hop overhead in its routing graph
@@ -49,7 +49,10 @@ def cache_bytes_per_block(problem: Problem, params: PetalsParams) -> int:
 def choose_num_blocks(problem: Problem, params: PetalsParams) -> list[int]:
     per_block = problem.model.block_bytes + cache_bytes_per_block(problem, params)
     reserve = autograd_bytes(problem)
-    return [max(min((s.memory_bytes - reserve) // per_block, problem.num_blocks), 0) for s in problem.servers]
+    return [
+        max(min((s.memory_bytes - reserve) // per_block, problem.num_blocks), 0)
+        for s in problem.servers
+    ]
 
 
 def server_throughput(problem: Problem, j: int, blocks: int) -> float:
@@ -63,7 +66,12 @@ def cache_slots(problem: Problem, params: PetalsParams, blocks: int) -> int:
     return (blocks * cache_bytes_per_block(problem, params)) // problem.session_bytes_per_block
 
 
-def place(problem: Problem, params: PetalsParams, blocks: Sequence[int] | None = None, order: Sequence[int] | None = None) -> tuple[Placement, ...]:
+def place(
+    problem: Problem,
+    params: PetalsParams,
+    blocks: Sequence[int] | None = None,
+    order: Sequence[int] | None = None,
+) -> tuple[Placement, ...]:
     """PETALS block selection. `blocks` and `order` override the count and join order (the ablations)."""
     n_blocks = problem.num_blocks
     m = list(blocks) if blocks is not None else choose_num_blocks(problem, params)
@@ -86,18 +94,24 @@ def place(problem: Problem, params: PetalsParams, blocks: Sequence[int] | None =
     return tuple(Placement(problem.servers[j].name, starts[j], m[j]) for j in sorted(starts))
 
 
-def hop_costs(problem: Problem, graph: ChainGraph, client: int, full_rows: Sequence[int] = ()) -> FloatArray:
+def hop_costs(
+    problem: Problem, graph: ChainGraph, client: int, full_rows: Sequence[int] = ()
+) -> FloatArray:
     """PETALS' routing weights as a cost matrix for paths.best_chain."""
     half_rtt = np.array([problem.link(client, j).rtt_s / 2 for j in graph.servers])
     tau = np.array([problem.servers[j].decode_s_per_block for j in graph.servers])
     per_hop = half_rtt + HOP_OVERHEAD_S
-    per_hop[np.asarray(graph.ends) == problem.num_blocks] += half_rtt[np.asarray(graph.ends) == problem.num_blocks]
+    per_hop[np.asarray(graph.ends) == problem.num_blocks] += half_rtt[
+        np.asarray(graph.ends) == problem.num_blocks
+    ]
     for row in full_rows:
         per_hop[row] += FULL_PENALTY_S
     return linear_costs(graph, per_hop, tau)
 
 
-def route_clients(problem: Problem, placement: tuple[Placement, ...]) -> tuple[dict[str, tuple[str, ...]], list[list[tuple[int, int]]]]:
+def route_clients(
+    problem: Problem, placement: tuple[Placement, ...]
+) -> tuple[dict[str, tuple[str, ...]], list[list[tuple[int, int]]]]:
     idx = {s.name: i for i, s in enumerate(problem.servers)}
     graph = build_graph(problem.num_blocks, [(idx[p.server], p.start, p.blocks) for p in placement])
     routes: dict[str, tuple[str, ...]] = {}

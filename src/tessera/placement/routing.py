@@ -49,13 +49,19 @@ class RoutingTable:
 
 def routing_table(problem: Problem, plan: Plan) -> RoutingTable:
     idx = {s.name: i for i, s in enumerate(problem.servers)}
-    graph = build_graph(problem.num_blocks, [(idx[p.server], p.start, p.blocks) for p in plan.placement])
+    graph = build_graph(
+        problem.num_blocks, [(idx[p.server], p.start, p.blocks) for p in plan.placement]
+    )
     names = tuple(problem.servers[j].name for j in graph.servers)
     n_clients = len(problem.clients)
-    prefill = np.array([[problem.link(c, j).prefill_s for j in graph.servers] for c in range(n_clients)])
+    prefill = np.array(
+        [[problem.link(c, j).prefill_s for j in graph.servers] for c in range(n_clients)]
+    )
     rtt = np.array([[problem.link(c, j).rtt_s for j in graph.servers] for c in range(n_clients)])
     tau = np.array([problem.servers[j].decode_s_per_block for j in graph.servers])
-    return RoutingTable(problem, graph, names, {n: r for r, n in enumerate(names)}, prefill, rtt, tau)
+    return RoutingTable(
+        problem, graph, names, {n: r for r, n in enumerate(names)}, prefill, rtt, tau
+    )
 
 
 def wait_for_slots(load: ServerLoad, need: int) -> float:
@@ -70,10 +76,14 @@ def wait_for_slots(load: ServerLoad, need: int) -> float:
     return math.inf
 
 
-def service_costs(table: RoutingTable, client: int, input_tokens: int, output_tokens: int) -> FloatArray:
+def service_costs(
+    table: RoutingTable, client: int, input_tokens: int, output_tokens: int
+) -> FloatArray:
     """cost[row, k-1]: prefill plus decode time of a hop on `row` processing k blocks, no wait."""
     servers = table.problem.servers
-    per_block_prefill = np.array([servers[j].prefill_s_per_block.seconds(input_tokens) for j in table.graph.servers])
+    per_block_prefill = np.array(
+        [servers[j].prefill_s_per_block.seconds(input_tokens) for j in table.graph.servers]
+    )
     per_hop = table.prefill_link_s[client] + (output_tokens - 1) * table.rtt_s[client]
     per_block = per_block_prefill + (output_tokens - 1) * table.decode_s_per_block
     return linear_costs(table.graph, per_hop, per_block)

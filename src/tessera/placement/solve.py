@@ -39,9 +39,13 @@ def choose_concurrency(problem: Problem) -> tuple[int, str]:
     return chosen, f"auto: lambda*T1 = {load:.3g}, mean + 1 sd = {wanted}, feasibility cap {r_max}"
 
 
-def solve(problem: Problem, solver: SolverName = "cg-bprr", *, seed: int = 0, time_limit_s: float = 60.0) -> Plan:
+def solve(
+    problem: Problem, solver: SolverName = "cg-bprr", *, seed: int = 0, time_limit_s: float = 60.0
+) -> Plan:
     if solver not in SOLVERS:
-        raise InvalidInput("solver", f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
+        raise InvalidInput(
+            "solver", f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}"
+        )
     if time_limit_s <= 0:
         raise InvalidInput("time_limit", "must be a positive number of seconds")
     t0 = time.perf_counter()
@@ -52,14 +56,24 @@ def solve(problem: Problem, solver: SolverName = "cg-bprr", *, seed: int = 0, ti
         plan = petals.solve(problem, concurrency, petals.PetalsParams(seed=seed))
         if plan.feasible:
             # PETALS sizes its KV pool without looking at |R|: say how many sessions its routes really carry.
-            held = supported_concurrency(problem, _with_stats(plan, concurrent_requests=0), concurrency)
+            held = supported_concurrency(
+                problem, _with_stats(plan, concurrent_requests=0), concurrency
+            )
             plan = _with_stats(plan, concurrent_requests=held)
     else:
         plan = milp.solve(problem, concurrency, time_limit_s).plan
     stats = {"wall_s": time.perf_counter() - t0, "proven_optimal": False, **dict(plan.stats)}
     stats.setdefault("concurrent_requests", concurrency)
     stats["concurrent_requests_source"] = how
-    plan = Plan(plan.solver, plan.feasible, plan.placement, plan.routes, plan.predicted, MappingProxyType(stats), plan.reason)
+    plan = Plan(
+        plan.solver,
+        plan.feasible,
+        plan.placement,
+        plan.routes,
+        plan.predicted,
+        MappingProxyType(stats),
+        plan.reason,
+    )
     errors = validate(problem, plan)
     if errors:  # a solver bug, never the user's fault: fail loudly rather than print a bad plan
         raise RuntimeError(f"{solver} produced an invalid plan: {'; '.join(errors)}")
@@ -67,4 +81,12 @@ def solve(problem: Problem, solver: SolverName = "cg-bprr", *, seed: int = 0, ti
 
 
 def _with_stats(plan: Plan, **extra: object) -> Plan:
-    return Plan(plan.solver, plan.feasible, plan.placement, plan.routes, plan.predicted, MappingProxyType({**dict(plan.stats), **extra}), plan.reason)
+    return Plan(
+        plan.solver,
+        plan.feasible,
+        plan.placement,
+        plan.routes,
+        plan.predicted,
+        MappingProxyType({**dict(plan.stats), **extra}),
+        plan.reason,
+    )

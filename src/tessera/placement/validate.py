@@ -12,7 +12,14 @@ from collections.abc import Mapping
 from tessera.errors import InvalidInput
 
 from .model import Placement, Plan, Problem
-from .perf import chain_hops, decode_s_per_token, first_token_s, memory_bytes, requests_per_client, weighted_mean
+from .perf import (
+    chain_hops,
+    decode_s_per_token,
+    first_token_s,
+    memory_bytes,
+    requests_per_client,
+    weighted_mean,
+)
 
 REL_TOL = 1e-6
 
@@ -30,7 +37,9 @@ def _structure(problem: Problem, plan: Plan) -> list[str]:
             errors.append(f"placement: server {p.server!r} listed twice")
         seen.add(p.server)
         if p.start < 0 or p.blocks < 1 or p.end > n_blocks:
-            errors.append(f"placement: {p.server} range [{p.start}, {p.end}) is outside [0, {n_blocks})")
+            errors.append(
+                f"placement: {p.server} range [{p.start}, {p.end}) is outside [0, {n_blocks})"
+            )
         mem = problem.servers[problem.server_index(p.server)].memory_bytes
         if problem.model.block_bytes * p.blocks > mem:
             errors.append(f"memory: {p.server} cannot hold the weights of {p.blocks} blocks")
@@ -59,7 +68,9 @@ def _routes(problem: Problem, plan: Plan, placed: Mapping[str, Placement]) -> li
             prev_end = p.end
         else:
             if prev_end != problem.num_blocks:
-                errors.append(f"routes: {client.name}'s chain ends at block {prev_end - 1}, not the last block")
+                errors.append(
+                    f"routes: {client.name}'s chain ends at block {prev_end - 1}, not the last block"
+                )
     for extra in set(plan.routes) - {c.name for c in problem.clients}:
         errors.append(f"routes: unknown client {extra!r}")
     return errors
@@ -118,15 +129,21 @@ def validate(problem: Problem, plan: Plan) -> list[str]:
         return ["stats.concurrent_requests: the plan must say which concurrency it was built for"]
     errors += memory_violations(problem, plan, concurrency)
     hops = [chain_hops(problem, placed, plan.routes[c.name]) for c in problem.clients]
-    per_token = weighted_mean(problem, [decode_s_per_token(problem, c, h) for c, h in enumerate(hops)])
+    per_token = weighted_mean(
+        problem, [decode_s_per_token(problem, c, h) for c, h in enumerate(hops)]
+    )
     first = weighted_mean(problem, [first_token_s(problem, c, h) for c, h in enumerate(hops)])
     if plan.predicted is None:
         errors.append("predicted: missing")
     else:
         if not math.isclose(plan.predicted.per_token_s, per_token, rel_tol=REL_TOL):
-            errors.append(f"predicted.per_token_s: {plan.predicted.per_token_s} but the routes give {per_token}")
+            errors.append(
+                f"predicted.per_token_s: {plan.predicted.per_token_s} but the routes give {per_token}"
+            )
         if not math.isclose(plan.predicted.first_token_s, first, rel_tol=REL_TOL):
-            errors.append(f"predicted.first_token_s: {plan.predicted.first_token_s} but the routes give {first}")
+            errors.append(
+                f"predicted.first_token_s: {plan.predicted.first_token_s} but the routes give {first}"
+            )
     return errors
 
 
