@@ -1,6 +1,6 @@
 """The exact BPRR MILP (paper section 3.2, (13a)-(13f) with the linearisation (9)-(12)), on pulp + CBC.
 
-The only module that imports pulp. Requests of one client are interchangeable, and a plan gives
+The only module that imports pulp (and its CBC binary package, cbcbox). Requests of one client are interchangeable, and a plan gives
 one chain per client (placement-contract.md), so flows are indexed by client and weighted by its
 number of requests n_c: this is the paper's MILP with the constraint that a client's requests
 share a chain, and it is identical to it when every client sends one request.
@@ -56,8 +56,8 @@ def solve(problem: Problem, concurrent_requests: int, time_limit_s: float) -> Mi
     edges = _edges(n)
 
     prob = pulp.LpProblem("bprr", pulp.LpMinimize)
-    a = [pulp.LpVariable(f"a_{j}", 1, big_l, cat="Integer") for j in range(n)]
-    m = [pulp.LpVariable(f"m_{j}", 0, big_l, cat="Integer") for j in range(n)]
+    a = [prob.add_variable(f"a_{j}", 1, big_l, cat="Integer") for j in range(n)]
+    m = [prob.add_variable(f"m_{j}", 0, big_l, cat="Integer") for j in range(n)]
     f: dict[tuple[int, Any, Any], Any] = {}
     n_blocks: dict[tuple[int, Any, Any], Any] = {}
     lin: dict[tuple[int, Any, Any], tuple[Any, Any, Any, Any]] = {}
@@ -65,11 +65,11 @@ def solve(problem: Problem, concurrent_requests: int, time_limit_s: float) -> Mi
     for u, (c, n_c) in enumerate(units):
         for i, j in edges:
             key = (u, i, j)
-            fv = pulp.LpVariable(f"f_{u}_{i}_{j}", cat="Binary")
-            al = pulp.LpVariable(f"al_{u}_{i}_{j}", 0, big_l + 1)
-            be = pulp.LpVariable(f"be_{u}_{i}_{j}", 0, big_l)
-            ga = pulp.LpVariable(f"ga_{u}_{i}_{j}", 0, big_l)
-            de = pulp.LpVariable(f"de_{u}_{i}_{j}", 0, big_l)
+            fv = prob.add_variable(f"f_{u}_{i}_{j}", cat="Binary")
+            al = prob.add_variable(f"al_{u}_{i}_{j}", 0, big_l + 1)
+            be = prob.add_variable(f"be_{u}_{i}_{j}", 0, big_l)
+            ga = prob.add_variable(f"ga_{u}_{i}_{j}", 0, big_l)
+            de = prob.add_variable(f"de_{u}_{i}_{j}", 0, big_l)
             # (9) alpha = a_j f   (sink: (L+1) f)
             if j == "D":
                 prob += al == (big_l + 1) * fv
@@ -107,6 +107,13 @@ def solve(problem: Problem, concurrent_requests: int, time_limit_s: float) -> Mi
                         + problem.servers[j].decode_s_per_block * n_blocks[key]
                     )
                 )
+        # Valid inequalities, implied for integer points but not by the LP relaxation (they cut its
+        # fractional flows): a used server-headed link processes at least one block, and along
+        # the path the blocks processed telescope to exactly L.
+        heads = [(i, j) for i, j in edges if j != "D"]
+        for i, j in heads:
+            prob += n_blocks[(u, i, j)] >= f[(u, i, j)]
+        prob += pulp.lpSum(n_blocks[(u, i, j)] for i, j in heads) == big_l
         # (13c) one unit of flow from S to D
         for node in ["S", "D", *range(n)]:
             out_f = pulp.lpSum(f[(u, i, j)] for i, j in edges if i == node)
@@ -129,7 +136,7 @@ def solve(problem: Problem, concurrent_requests: int, time_limit_s: float) -> Mi
     warm = cg_bprr.solve(problem, concurrent_requests)
     if warm.feasible:
         _warm_start(problem, warm, units, a, m, f, lin)
-    solver = pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit_s, warmStart=warm.feasible)
+    solver = _cbc(time_limit_s, warm.feasible)
     t0 = time.perf_counter()
     prob.solve(solver)
     wall = time.perf_counter() - t0
@@ -173,6 +180,17 @@ def solve(problem: Problem, concurrent_requests: int, time_limit_s: float) -> Mi
                 warm, stats, "MILP incumbent worse than the CG-BPRR warm start", status, sol_status
             )
     return MilpResult(plan, proven, status, sol_status)
+
+
+def _cbc(time_limit_s: float, warm_start: bool) -> Any:
+    """CBC from `pulp[cbc]` (cbcbox), the packaging PuLP 4 keeps; PuLP's own bundled CBC otherwise."""
+    try:
+        import cbcbox
+    except ImportError:
+        return pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit_s, warmStart=warm_start)
+    return pulp.COIN_CMD(
+        path=cbcbox.cbc_bin_path(), msg=False, timeLimit=time_limit_s, warmStart=warm_start
+    )
 
 
 def _fallback(
