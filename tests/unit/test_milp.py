@@ -38,7 +38,7 @@ def brute_force_optimum(problem: Problem, concurrent: int) -> float:
     for combo in itertools.product(ranges, repeat=len(problem.servers)):
         placed = {
             s.name: Placement(s.name, r[0], r[1])
-            for s, r in zip(problem.servers, combo)
+            for s, r in zip(problem.servers, combo, strict=True)
             if r is not None
         }
         chains = _chains(placed, n_blocks)
@@ -49,7 +49,7 @@ def brute_force_optimum(problem: Problem, concurrent: int) -> float:
                 "bf",
                 True,
                 tuple(placed.values()),
-                {c.name: r for c, r in zip(problem.clients, routes)},
+                {c.name: r for c, r in zip(problem.clients, routes, strict=True)},
                 None,
                 {},
             )
