@@ -84,6 +84,11 @@ class _ProblemIn(_Strict):
     links: list[_LinkIn]
 
 
+def _message(err: Any) -> str:
+    """pydantic's message without our private class names ("... or instance of _ModelIn")."""
+    return str(err["msg"]).split(" or instance of _")[0]
+
+
 def _field_path(loc: tuple[int | str, ...], data: Any) -> str:
     """Render a pydantic location, with list items named where they have a name."""
     parts: list[str] = []
@@ -145,7 +150,7 @@ def problem_from_dict(data: Any) -> Problem:
         raw = _ProblemIn.model_validate(dict(data))
     except ValidationError as exc:
         err = exc.errors()[0]
-        raise InvalidInput(_field_path(tuple(err["loc"]), data), err["msg"]) from None
+        raise InvalidInput(_field_path(tuple(err["loc"]), data), _message(err)) from None
     _check_names(raw)
     return Problem(
         model=ModelSpec(
@@ -268,7 +273,7 @@ def plan_from_dict(data: Any) -> Plan:
         raw = _PlanIn.model_validate(dict(data))
     except ValidationError as exc:
         err = exc.errors()[0]
-        raise InvalidInput(_field_path(tuple(err["loc"]), data), err["msg"]) from None
+        raise InvalidInput(_field_path(tuple(err["loc"]), data), _message(err)) from None
     predicted = None
     if raw.predicted is not None:
         predicted = Predicted(
