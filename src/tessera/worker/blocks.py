@@ -1,0 +1,210 @@
+"""One contiguous block range of a Llama-family causal LM, loaded alone and run exactly.
+
+The stage is a fresh Hugging Face body (LlamaModel, MistralModel, Qwen2Model) built from a copy
+of the config with `num_hidden_layers = end - start` (layers re-indexed from 0), under the meta
+device so that nothing is randomly initialised, then filled with only this range's tensors read
+from the safetensors files. It holds the embedding iff `start == 0` and the final norm and LM
+head iff `end == L`. `forward` runs any sub-range `[a, b)` of the held layers for a session (a
+chain hop may start inside a server's range) with the same masks and rotary positions as the
+whole model, so split stages reproduce the whole model's logits.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import pathlib
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from torch import nn
+from transformers import AutoConfig, AutoModel, DynamicCache
+from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+
+from tessera.errors import InvalidInput
+from tessera.modelfiles import architecture, read_config
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class StageModel:
+    config: Any  # the stage's transformers config (num_hidden_layers = end - start)
+    start: int
+    end: int
+    num_blocks: int  # L of the whole model
+    body: nn.Module
+    lm_head: nn.Linear | None
+    dtype: torch.dtype
+    weight_bytes: int
+    cache_bytes_per_token: int  # of ONE block
+
+    @property
+    def first(self) -> bool:
+        return self.start == 0
+
+    @property
+    def last(self) -> bool:
+        return self.end == self.num_blocks
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.config.hidden_size)
+
+    def new_cache(self) -> DynamicCache:
+        return DynamicCache(config=self.config)
+
+    @torch.inference_mode()
+    def forward(
+        self,
+        x: torch.Tensor,
+        cache: DynamicCache,
+        position: int,
+        start: int | None = None,
+        end: int | None = None,
+    ) -> torch.Tensor:
+        """Run blocks `[start, end)` (global indices, default: all held) at `position`.
+
+        `x` is token ids [1, T] when `start == 0`, else hidden states [1, T, H]. Returns hidden
+        states [1, T, H], or when `end == L` the logits of the LAST position [1, V] (float32).
+        """
+        a = (self.start if start is None else start) - self.start
+        b = (self.end if end is None else end) - self.start
+        if a == 0 and self.first:
+            h = self.body.embed_tokens(x)
+        else:
+            h = x.to(self.dtype)
+        t = h.shape[1]
+        position_ids = torch.arange(position, position + t).unsqueeze(0)
+        masks = self._masks(h, cache, position_ids, a)
+        pe = self.body.rotary_emb(h, position_ids=position_ids)
+        types = self._layer_types()
+        for i in range(a, b):
+            h = self.body.layers[i](
+                h,
+                attention_mask=masks[types[i]],
+                position_embeddings=pe,
+                position_ids=position_ids,
+                past_key_values=cache,
+                use_cache=True,
+            )
+        if b + self.start == self.num_blocks:
+            h = self.body.norm(h)[:, -1:, :]  # norm all rows, as the whole model does (bit-exact)
+            return self.lm_head(h)[:, -1, :].float()  # type: ignore[misc]
+        return h
+
+    def _layer_types(self) -> list[str]:
+        types = getattr(self.config, "layer_types", None)
+        if types:
+            return list(types)
+        sliding = (
+            getattr(self.config, "sliding_window", None) and self.config.model_type == "mistral"
+        )
+        kind = "sliding_attention" if sliding else "full_attention"
+        return [kind] * int(self.config.num_hidden_layers)
+
+    def _masks(
+        self, h: torch.Tensor, cache: DynamicCache, position_ids: torch.Tensor, layer: int
+    ) -> dict[str, Any]:
+        # Sized against the session's first layer: the same mask the whole model builds.
+        kwargs = dict(
+            config=self.config,
+            inputs_embeds=h,
+            attention_mask=None,
+            past_key_values=cache,
+            position_ids=position_ids,
+            layer_idx=layer,
+        )
+        masks: dict[str, Any] = {"full_attention": create_causal_mask(**kwargs)}  # type: ignore[arg-type]
+        if "sliding_attention" in self._layer_types():
+            masks["sliding_attention"] = create_sliding_window_causal_mask(**kwargs)  # type: ignore[arg-type]
+        return masks
+
+
+def _tensor_files(directory: pathlib.Path) -> dict[str, pathlib.Path]:
+    """tensor name -> safetensors file holding it (single file or sharded with an index)."""
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map: dict[str, str] = json.loads(index.read_text())["weight_map"]
+        return {k: directory / f for k, f in weight_map.items()}
+    files = sorted(directory.glob("*.safetensors"))
+    if not files:
+        raise InvalidInput("--model", f"{directory}: no *.safetensors files")
+    out: dict[str, pathlib.Path] = {}
+    for f in files:
+        with safe_open(str(f), "pt") as st:
+            for k in st.keys():  # noqa: SIM118 - safe_open is not a mapping
+                out[k] = f
+    return out
+
+
+def load_stage(directory: pathlib.Path, start: int, end: int, dtype: str = "float32") -> StageModel:
+    raw = read_config(directory)
+    architecture(raw)  # a clear error for unsupported models before anything heavy
+    if dtype not in DTYPES:
+        raise InvalidInput("--dtype", f"unknown dtype {dtype!r}; choose one of {list(DTYPES)}")
+    full = AutoConfig.from_pretrained(str(directory))
+    n = int(full.num_hidden_layers)
+    if not 0 <= start < end <= n:
+        raise InvalidInput(
+            "--blocks", f"{start}:{end} is not a block range of this {n}-block model"
+        )
+    cfg = copy.deepcopy(full)
+    cfg.num_hidden_layers = end - start
+    if getattr(cfg, "layer_types", None):
+        cfg.layer_types = list(cfg.layer_types)[start:end]
+    cfg._attn_implementation = "sdpa"
+    torch_dtype = DTYPES[dtype]
+    with torch.device("meta"):
+        body = AutoModel.from_config(cfg, dtype=torch_dtype, attn_implementation="sdpa")
+        lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False) if end == n else None
+    if start > 0:
+        body.embed_tokens = None
+    if end < n:
+        body.norm = nn.Identity()
+    # The rotary inv_freq buffer is not persistent: rebuild it on the CPU.
+    body.rotary_emb = type(body.rotary_emb)(config=cfg)
+
+    files = _tensor_files(directory)
+    wanted: dict[str, str] = {}  # stage key -> file key
+    for i in range(start, end):
+        prefix = f"model.layers.{i}."
+        for k in files:
+            if k.startswith(prefix):
+                wanted[f"layers.{i - start}.{k[len(prefix) :]}"] = k
+    if start == 0:
+        wanted["embed_tokens.weight"] = "model.embed_tokens.weight"
+    if end == n:
+        wanted["norm.weight"] = "model.norm.weight"
+        head_key = "lm_head.weight" if "lm_head.weight" in files else "model.embed_tokens.weight"
+        if not (start == 0 and head_key == "model.embed_tokens.weight"):
+            wanted["__lm_head__"] = head_key
+    missing = sorted({v for v in wanted.values() if v not in files})
+    if missing:
+        raise InvalidInput("--model", f"{directory}: tensors missing from the files: {missing[:5]}")
+
+    state: dict[str, torch.Tensor] = {}
+    by_file: dict[pathlib.Path, list[tuple[str, str]]] = {}
+    for stage_key, file_key in wanted.items():
+        by_file.setdefault(files[file_key], []).append((stage_key, file_key))
+    for f, keys in by_file.items():
+        with safe_open(str(f), "pt") as st:
+            for stage_key, file_key in keys:
+                # A fresh copy: 64-byte aligned like a normally built model, so GEMV kernels match.
+                state[stage_key] = st.get_tensor(file_key).to(torch_dtype).clone()
+    head_w = state.pop("__lm_head__", None)
+    body.load_state_dict(state, strict=True, assign=True)
+    weight_bytes = sum(t.numel() * t.element_size() for t in state.values())
+    if lm_head is not None and head_w is not None:
+        lm_head.weight = nn.Parameter(head_w, requires_grad=False)
+        weight_bytes += head_w.numel() * head_w.element_size()
+    elif lm_head is not None:  # tied, and this stage holds the embedding: share one copy
+        lm_head.weight = body.embed_tokens.weight
+    body.eval()
+    heads = int(cfg.num_attention_heads)
+    kv_heads = int(getattr(cfg, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
+    cache_bytes = 2 * kv_heads * head_dim * torch.tensor([], dtype=torch_dtype).element_size()
+    return StageModel(cfg, start, end, n, body, lm_head, torch_dtype, weight_bytes, cache_bytes)

@@ -1,0 +1,59 @@
+"""Tensors on the wire: raw little-endian bytes, dtype and shape in headers (never JSON floats)."""
+
+from __future__ import annotations
+
+import torch
+
+from tessera.api import stage as wire
+from tessera.errors import InvalidInput
+
+_DTYPES = {
+    "int64": torch.int64,
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+_NAMES = {v: k for k, v in _DTYPES.items()}
+MAX_TOKENS_PER_STEP = 1 << 16
+
+
+def encode_tensor(t: torch.Tensor) -> tuple[bytes, dict[str, str]]:
+    t = t.detach().contiguous()
+    data = t.view(torch.uint8).numpy().tobytes()  # bf16 has no numpy dtype: ship the bytes
+    return data, {
+        wire.HEADER_DTYPE: _NAMES[t.dtype],
+        wire.HEADER_SHAPE: ",".join(str(d) for d in t.shape),
+    }
+
+
+def decode_tensor(
+    body: bytes, dtype: str, shape: str, *, tokens: bool, hidden_size: int, vocab_size: int
+) -> torch.Tensor:
+    """Validate and rebuild a step input: token ids [1, T] or hidden states [1, T, H]."""
+    if dtype not in _DTYPES:
+        raise InvalidInput(wire.HEADER_DTYPE, f"{dtype!r} is not one of {', '.join(_DTYPES)}")
+    try:
+        dims = tuple(int(d) for d in shape.split(","))
+    except ValueError:
+        raise InvalidInput(wire.HEADER_SHAPE, f"{shape!r} is not a comma-separated shape") from None
+    if tokens:
+        if dtype != "int64" or len(dims) != 2:
+            raise InvalidInput(
+                wire.HEADER_SHAPE, "the first stage takes int64 token ids of shape 1,T"
+            )
+    elif dtype == "int64" or len(dims) != 3 or dims[2] != hidden_size:
+        raise InvalidInput(
+            wire.HEADER_SHAPE, f"this stage takes float hidden states of shape 1,T,{hidden_size}"
+        )
+    if dims[0] != 1 or not 0 < dims[1] <= MAX_TOKENS_PER_STEP:
+        raise InvalidInput(wire.HEADER_SHAPE, f"batch must be 1 and T in 1..{MAX_TOKENS_PER_STEP}")
+    dt = _DTYPES[dtype]
+    expected = torch.Size(dims).numel() * torch.tensor([], dtype=dt).element_size()
+    if len(body) != expected:
+        raise InvalidInput("body", f"{len(body)} bytes, but {dtype} of shape {shape} is {expected}")
+    x = torch.frombuffer(bytearray(body), dtype=dt).view(dims)
+    if tokens and (int(x.min()) < 0 or int(x.max()) >= vocab_size):
+        raise InvalidInput("body", f"token ids must be in [0, {vocab_size})")
+    if not tokens and not bool(torch.isfinite(x).all()):
+        raise InvalidInput("body", "hidden states contain NaN or infinity")
+    return x
