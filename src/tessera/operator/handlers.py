@@ -1,0 +1,210 @@
+"""kopf handlers: thin. Every trigger ends in `run()`, which maps errors in one place.
+
+Triggers: the LLMDeployment itself (create, spec update, operator resume, a slow resync timer),
+a relevant Node change (labels, readiness, cordon, taints, allocatable GPUs: heartbeats are
+ignored), and a stage or router Deployment changing readiness. Passes for one LLMDeployment are
+serialised, and a burst of triggers collapses into one pass that reads the latest state.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import kopf
+import kubernetes
+from kubernetes.client.exceptions import ApiException
+
+from tessera.api.crd import GROUP, PLURAL, VERSION
+from tessera.errors import Infeasible, InvalidInput
+
+from . import inventory, manifests
+from .kube import Kube
+from .reconcile import PlanCache, Settings, is_ready, parse_spec, reconcile, report_failure
+
+log = logging.getLogger("tessera.operator")
+RESYNC_S = float(os.environ.get("TESSERA_RESYNC_SECONDS", "60"))
+RETRY_S = 2.0
+
+
+@dataclass
+class _Slot:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    waiting: bool = False
+
+
+@dataclass
+class _State:
+    kube: Kube | None = None
+    cache: PlanCache = field(default_factory=PlanCache)
+    slots: dict[tuple[str, str], _Slot] = field(default_factory=dict)
+    nodes: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    children: dict[tuple[str, str], bool] = field(default_factory=dict)
+    guard: threading.Lock = field(default_factory=threading.Lock)
+
+
+STATE = _State()
+
+
+def settings_from_env() -> Settings:
+    return Settings(
+        manifests.Images(
+            worker=os.environ.get(
+                "TESSERA_WORKER_IMAGE", "ghcr.io/tessera-dev/tessera-worker:0.1.0"
+            ),
+            router=os.environ.get(
+                "TESSERA_ROUTER_IMAGE", "ghcr.io/tessera-dev/tessera-router:0.1.0"
+            ),
+            pull_policy=os.environ.get("TESSERA_IMAGE_PULL_POLICY", "IfNotPresent"),
+        )
+    )
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _kube() -> Kube:
+    with STATE.guard:
+        if STATE.kube is None:
+            STATE.kube = Kube()
+        return STATE.kube
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 300
+    settings.execution.max_workers = 4
+    try:
+        kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
+    with STATE.guard:  # a fresh start (also between test runs in one process)
+        STATE.kube = Kube()
+        STATE.nodes.clear()
+        STATE.children.clear()
+        STATE.slots.clear()
+
+
+def run(namespace: str, name: str) -> None:
+    """One reconcile pass for namespace/name; a no-op if one is already queued for it."""
+    with STATE.guard:
+        slot = STATE.slots.setdefault((namespace, name), _Slot())
+        if slot.waiting:
+            return
+        slot.waiting = True
+    with slot.lock:
+        with STATE.guard:
+            slot.waiting = False
+        kube = _kube()
+        body = kube.get_llmd(namespace, name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return
+
+        def emit(type_: str, reason: str, message: str) -> None:
+            kopf.event(
+                kopf.Body(cast(kopf.RawBody, body)),
+                type=type_,
+                reason=reason,
+                message=message[:1000],
+            )
+
+        try:
+            reconcile(kube, body, settings_from_env(), STATE.cache, _now(), emit)
+        except InvalidInput as exc:
+            report_failure(kube, body, "InvalidSpec", str(exc), _now())
+            emit("Warning", "InvalidSpec", str(exc))
+            raise kopf.PermanentError(str(exc)) from None
+        except Infeasible as exc:
+            report_failure(kube, body, "Infeasible", str(exc), _now())
+            emit("Warning", "Infeasible", str(exc))
+            raise kopf.PermanentError(str(exc)) from None
+        except ApiException as exc:
+            if exc.status in (409, 422, 429) or exc.status is None or exc.status >= 500:
+                raise kopf.TemporaryError(
+                    f"API {exc.status}: {exc.reason}", delay=RETRY_S
+                ) from None
+            raise
+
+
+def _run_quietly(namespace: str, name: str) -> None:
+    """For triggers other than the CR itself: failures are in the status; kopf need not retry."""
+    try:
+        run(namespace, name)
+    except kopf.PermanentError:
+        pass  # reported in the status and as an Event
+    except kopf.TemporaryError as exc:
+        log.warning("reconcile of %s/%s deferred to the resync: %s", namespace, name, exc)
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
+def on_llmdeployment(namespace: str | None, name: str, **_: Any) -> None:
+    run(namespace or "default", name)
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=RESYNC_S, initial_delay=RESYNC_S, idle=RESYNC_S)
+def resync(namespace: str | None, name: str, **_: Any) -> None:
+    _run_quietly(namespace or "default", name)
+
+
+def _selected_by(node_labels: Mapping[str, str]) -> list[tuple[str, str]]:
+    hits = []
+    for cr in _kube().list_llmds():
+        md = cr["metadata"]
+        try:
+            selector = parse_spec(cr.get("spec")).node_pool.selector
+        except InvalidInput:
+            continue
+        if inventory.selector_matches(selector, node_labels):
+            hits.append((md["namespace"], md["name"]))
+    return hits
+
+
+@kopf.on.event("", "v1", "nodes")
+def on_node(body: kopf.Body, name: str, **kwargs: Any) -> None:
+    event_type = kwargs.get("type")
+    new = None if event_type == "DELETED" else inventory.fingerprint(body)
+    with STATE.guard:
+        old = STATE.nodes.get(name)
+        if new is None:
+            STATE.nodes.pop(name, None)
+        else:
+            STATE.nodes[name] = new
+    if event_type is None or old == new:
+        return  # the initial listing (a resumed CR reconciles anyway), or a heartbeat
+    labels = dict(body.get("metadata", {}).get("labels") or {})
+    affected = set(_selected_by(labels))
+    if old is not None:
+        affected |= set(_selected_by(dict(old[0])))
+    for namespace, cr_name in sorted(affected):
+        _run_quietly(namespace, cr_name)
+
+
+@kopf.on.event(
+    "apps", "v1", "deployments", labels={"app.kubernetes.io/managed-by": manifests.MANAGED_BY}
+)
+def on_child(body: kopf.Body, namespace: str | None, name: str, **kwargs: Any) -> None:
+    event_type = kwargs.get("type")
+    owner = (body.get("metadata", {}).get("labels") or {}).get(manifests.DEPLOYMENT_LABEL)
+    if owner is None:
+        return
+    print_ = is_ready(body)
+    key = (namespace or "default", name)
+    with STATE.guard:
+        old = STATE.children.get(key)
+        if event_type == "DELETED":
+            STATE.children.pop(key, None)
+        else:
+            STATE.children[key] = print_
+    # Our own creates and patches are not news; readiness changes and deletions are.
+    if event_type in (None, "ADDED") or (event_type == "MODIFIED" and old in (None, print_)):
+        return
+    _run_quietly(key[0], owner)

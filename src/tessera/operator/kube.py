@@ -1,0 +1,142 @@
+"""The Kubernetes API as the reconcile needs it: raw dicts in and out, create-or-patch.
+
+Objects are read with `_preload_content=False` (plain JSON, no model classes) and written with
+JSON merge patches, so lists (containers, args) become exactly what the builders produced.
+Label selectors are sent to the server and also re-checked here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import kubernetes
+from kubernetes.client.exceptions import ApiException
+
+from tessera.api.crd import GROUP, PLURAL, VERSION
+
+from .manifests import DEPLOYMENT_LABEL, HASH_ANNOTATION
+
+MERGE = "application/merge-patch+json"
+
+
+def _json(response: Any) -> Any:
+    return json.loads(response.data)
+
+
+def _has_labels(obj: Mapping[str, Any], wanted: Mapping[str, str]) -> bool:
+    got = obj.get("metadata", {}).get("labels") or {}
+    return all(got.get(k) == v for k, v in wanted.items())
+
+
+class Kube:
+    def __init__(self, api_client: kubernetes.client.ApiClient | None = None) -> None:
+        self.client = api_client or kubernetes.client.ApiClient()
+        self.core = kubernetes.client.CoreV1Api(self.client)
+        self.apps = kubernetes.client.AppsV1Api(self.client)
+        self.custom = kubernetes.client.CustomObjectsApi(self.client)
+
+    # ---- reads ----
+    def list_nodes(self) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = _json(self.core.list_node(_preload_content=False))["items"]
+        return items
+
+    def get_llmd(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            resp = self.custom.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, name, _preload_content=False
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        body: dict[str, Any] = _json(resp)
+        return body
+
+    def list_llmds(self) -> list[dict[str, Any]]:
+        resp = self.custom.list_cluster_custom_object(
+            GROUP, VERSION, PLURAL, _preload_content=False
+        )
+        items: list[dict[str, Any]] = _json(resp)["items"]
+        return items
+
+    def children(self, namespace: str, owner: str) -> dict[str, list[dict[str, Any]]]:
+        """Deployments, Services and ConfigMaps labelled as this LLMDeployment's."""
+        wanted = {DEPLOYMENT_LABEL: owner}
+        selector = f"{DEPLOYMENT_LABEL}={owner}"
+        calls = {
+            "Deployment": self.apps.list_namespaced_deployment,
+            "Service": self.core.list_namespaced_service,
+            "ConfigMap": self.core.list_namespaced_config_map,
+        }
+        out: dict[str, list[dict[str, Any]]] = {}
+        for kind, call in calls.items():
+            items = _json(call(namespace, label_selector=selector, _preload_content=False))["items"]
+            out[kind] = [o for o in items if _has_labels(o, wanted)]
+        return out
+
+    # ---- writes ----
+    def apply(self, obj: dict[str, Any], existing: Mapping[str, Any] | None) -> bool:
+        """Create, or patch when the content hash differs. Returns whether anything was written."""
+        if existing is not None:
+            have = (existing.get("metadata", {}).get("annotations") or {}).get(HASH_ANNOTATION)
+            if have == obj["metadata"]["annotations"][HASH_ANNOTATION]:
+                return False
+        kind = obj["kind"]
+        ns = obj["metadata"]["namespace"]
+        name = obj["metadata"]["name"]
+        if existing is None:
+            try:
+                self._create(kind, ns, obj)
+                return True
+            except ApiException as exc:
+                if exc.status != 409:  # created meanwhile (e.g. by a previous operator run)
+                    raise
+        self._patch(kind, ns, name, obj)
+        return True
+
+    def _create(self, kind: str, ns: str, obj: dict[str, Any]) -> None:
+        if kind == "Deployment":
+            self.apps.create_namespaced_deployment(ns, obj, _preload_content=False)  # type: ignore[arg-type]
+        elif kind == "Service":
+            self.core.create_namespaced_service(ns, obj, _preload_content=False)  # type: ignore[arg-type]
+        elif kind == "ConfigMap":
+            self.core.create_namespaced_config_map(ns, obj, _preload_content=False)  # type: ignore[arg-type]
+        else:
+            raise ValueError(f"cannot create {kind}")
+
+    def _patch(self, kind: str, ns: str, name: str, obj: dict[str, Any]) -> None:
+        kw: dict[str, Any] = {"_content_type": MERGE, "_preload_content": False}
+        if kind == "Deployment":
+            self.apps.patch_namespaced_deployment(name, ns, obj, **kw)
+        elif kind == "Service":
+            self.core.patch_namespaced_service(name, ns, obj, **kw)
+        elif kind == "ConfigMap":
+            self.core.patch_namespaced_config_map(name, ns, obj, **kw)
+        else:
+            raise ValueError(f"cannot patch {kind}")
+
+    def delete(self, kind: str, ns: str, name: str) -> None:
+        calls = {
+            "Deployment": self.apps.delete_namespaced_deployment,
+            "Service": self.core.delete_namespaced_service,
+            "ConfigMap": self.core.delete_namespaced_config_map,
+        }
+        try:
+            calls[kind](name, ns, _preload_content=False)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    def patch_status(self, ns: str, name: str, status: dict[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object_status(
+            GROUP,
+            VERSION,
+            ns,
+            PLURAL,
+            name,
+            {"status": status},
+            _content_type=MERGE,
+            _preload_content=False,
+        )

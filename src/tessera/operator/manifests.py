@@ -1,0 +1,433 @@
+"""Pure builders: plan + inventory + spec -> Kubernetes manifests (plain dicts).
+
+Every object carries an owner reference to its LLMDeployment (deletion is Kubernetes' garbage
+collection, no finalizer) and the labels `app.kubernetes.io/*` and `tessera.dev/deployment`.
+Each builder is one small function so that more objects (Secrets, NetworkPolicies) slot in.
+The command lines are the contract with `tessera worker` and `tessera router`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from tessera.api.crd import GROUP, KIND, VERSION, LLMDeploymentSpec
+from tessera.placement import Plan, Problem, plan_to_dict, problem_to_dict
+
+from .inventory import ServerInfo
+
+WORKER_PORT = 8001
+ROUTER_PORT = 8000
+MODEL_MOUNT = "/models"
+PLAN_MOUNT = "/etc/tessera"
+RUN_AS_USER = 10001
+MANAGED_BY = "tessera-operator"
+DEPLOYMENT_LABEL = f"{GROUP}/deployment"
+SERVER_ANNOTATION = f"{GROUP}/server"
+BLOCKS_ANNOTATION = f"{GROUP}/blocks"
+HASH_ANNOTATION = f"{GROUP}/spec-hash"
+PLAN_HASH_ANNOTATION = f"{GROUP}/plan-hash"
+MAX_NAME = 52  # leaves room for ReplicaSet and Pod suffixes within 63 characters
+
+
+@dataclass(frozen=True)
+class Owner:
+    name: str
+    namespace: str
+    uid: str
+
+
+@dataclass(frozen=True)
+class Images:
+    worker: str
+    router: str
+    pull_policy: str = "IfNotPresent"
+
+
+def dns_name(*parts: str) -> str:
+    """A DNS-1035 label (Service names need one) from parts, hashed when too long."""
+    raw = "-".join(parts).lower()
+    name = re.sub(r"[^a-z0-9-]+", "-", raw).strip("-")
+    if not name or not name[0].isalpha():
+        name = f"t-{name}"
+    if len(name) > MAX_NAME or name != raw:
+        digest = hashlib.sha256(raw.encode()).hexdigest()[:8]
+        name = f"{name[: MAX_NAME - 9].rstrip('-')}-{digest}"
+    return name
+
+
+def stage_name(owner: Owner, server: str) -> str:
+    return dns_name(owner.name, server)
+
+
+def router_name(owner: Owner) -> str:
+    return dns_name(owner.name, "router")
+
+
+def plan_name(owner: Owner) -> str:
+    return dns_name(owner.name, "plan")
+
+
+def endpoint(owner: Owner) -> str:
+    return f"http://{router_name(owner)}.{owner.namespace}.svc:{ROUTER_PORT}/v1"
+
+
+def labels(owner: Owner, component: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "tessera",
+        "app.kubernetes.io/instance": owner.name,
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/part-of": "tessera",
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        DEPLOYMENT_LABEL: owner.name,
+    }
+
+
+def _metadata(owner: Owner, name: str, component: str, **annotations: str) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "name": name,
+        "namespace": owner.namespace,
+        "labels": labels(owner, component),
+        "ownerReferences": [
+            {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": KIND,
+                "name": owner.name,
+                "uid": owner.uid,
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ],
+    }
+    if annotations:
+        meta["annotations"] = dict(annotations)
+    return meta
+
+
+def spec_hash(obj: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def with_hash(obj: dict[str, Any]) -> dict[str, Any]:
+    """Stamp the object's content hash, so that applying an unchanged object is a no-op."""
+    obj["metadata"].setdefault("annotations", {})[HASH_ANNOTATION] = spec_hash(obj)
+    return obj
+
+
+def model_path(spec: LLMDeploymentSpec) -> str:
+    src = spec.model.source
+    if src.package is not None:
+        return src.package  # installed in the image; the worker resolves the package name
+    sub = src.path.strip("/")
+    return f"{MODEL_MOUNT}/{sub}" if sub else MODEL_MOUNT
+
+
+def model_volumes(spec: LLMDeploymentSpec, pull_policy: str) -> list[dict[str, Any]]:
+    src = spec.model.source
+    if src.pvc is not None:
+        return [
+            {"name": "model", "persistentVolumeClaim": {"claimName": src.pvc, "readOnly": True}}
+        ]
+    if src.host_path is not None:
+        return [{"name": "model", "hostPath": {"path": src.host_path, "type": "Directory"}}]
+    if src.image is not None:  # an OCI image volume (Kubernetes >= 1.33 with ImageVolume)
+        return [{"name": "model", "image": {"reference": src.image, "pullPolicy": pull_policy}}]
+    return []
+
+
+def _mounts(spec: LLMDeploymentSpec) -> list[dict[str, Any]]:
+    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
+    if spec.model.source.package is None:
+        mounts.append({"name": "model", "mountPath": MODEL_MOUNT, "readOnly": True})
+    return mounts
+
+
+def _pod_security() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS_USER,
+        "runAsGroup": RUN_AS_USER,
+        "fsGroup": RUN_AS_USER,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _container_security() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def _env() -> list[dict[str, str]]:
+    return [
+        {"name": "HOME", "value": "/tmp"},
+        {"name": "HF_HUB_OFFLINE", "value": "1"},
+        {"name": "TRANSFORMERS_OFFLINE", "value": "1"},
+    ]
+
+
+def _probe(path: str, port: int, period_s: int, failures: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": port},
+        "periodSeconds": period_s,
+        "failureThreshold": failures,
+        "timeoutSeconds": 2,
+    }
+
+
+def worker_args(
+    spec: LLMDeploymentSpec, info: ServerInfo, start: int, end: int, problem: Problem
+) -> list[str]:
+    server = problem.servers[problem.server_index(info.name)]
+    w = spec.workload
+    return [
+        "worker",
+        "--model", model_path(spec),
+        "--blocks", f"{start}:{end}",
+        "--memory-bytes", str(server.memory_bytes),
+        "--name", info.name,
+        "--host", "0.0.0.0",
+        "--port", str(WORKER_PORT),
+        "--max-length", str(w.max_input_tokens + w.max_output_tokens),
+        "--dtype", spec.model.dtype,
+    ]  # fmt: skip
+
+
+def stage_deployment(
+    owner: Owner,
+    spec: LLMDeploymentSpec,
+    info: ServerInfo,
+    blocks: tuple[int, int],
+    problem: Problem,
+    images: Images,
+) -> dict[str, Any]:
+    name = stage_name(owner, info.name)
+    start, end = blocks
+    res = spec.stages.resources
+    pod_labels = {**labels(owner, "stage"), f"{GROUP}/stage": name}
+    tolerations = [t.model_dump(exclude_defaults=True) for t in spec.node_pool.tolerations]
+    tolerations.append({"key": info.gpu_resource, "operator": "Exists", "effect": "NoSchedule"})
+    node_term = {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [info.node]}]}
+    container = {
+        "name": "worker",
+        "image": images.worker,
+        "imagePullPolicy": images.pull_policy,
+        "command": ["tessera"],
+        "args": worker_args(spec, info, start, end, problem),
+        "ports": [{"name": "http", "containerPort": WORKER_PORT, "protocol": "TCP"}],
+        "env": _env(),
+        "resources": {
+            "requests": {"cpu": res.cpu, "memory": res.memory, info.gpu_resource: "1"},
+            "limits": {"memory": res.memory, info.gpu_resource: "1"},
+        },
+        "readinessProbe": _probe("/readyz", WORKER_PORT, 5, 3),
+        "livenessProbe": _probe("/healthz", WORKER_PORT, 10, 3),
+        # Loading weights can take minutes: liveness starts only once the worker answers.
+        "startupProbe": _probe("/healthz", WORKER_PORT, 10, 90),
+        "securityContext": _container_security(),
+        "volumeMounts": _mounts(spec),
+    }
+    annotations = {SERVER_ANNOTATION: info.name, BLOCKS_ANNOTATION: f"{start}:{end}"}
+    return with_hash(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": _metadata(owner, name, "stage", **annotations),
+            "spec": {
+                "replicas": 1,
+                # One GPU cannot hold the old and the new block range at once.
+                "strategy": {"type": "Recreate"},
+                "selector": {"matchLabels": {DEPLOYMENT_LABEL: owner.name, f"{GROUP}/stage": name}},
+                "template": {
+                    "metadata": {"labels": pod_labels, "annotations": annotations},
+                    "spec": {
+                        "automountServiceAccountToken": False,
+                        "enableServiceLinks": False,
+                        "securityContext": _pod_security(),
+                        "affinity": {
+                            "nodeAffinity": {
+                                "requiredDuringSchedulingIgnoredDuringExecution": {
+                                    "nodeSelectorTerms": [node_term]
+                                }
+                            }
+                        },
+                        "tolerations": tolerations,
+                        "containers": [container],
+                        "volumes": [
+                            {"name": "tmp", "emptyDir": {}},
+                            *model_volumes(spec, images.pull_policy),
+                        ],
+                    },
+                },
+            },
+        }
+    )
+
+
+def stage_service(owner: Owner, server: str) -> dict[str, Any]:
+    name = stage_name(owner, server)
+    return with_hash(
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": _metadata(owner, name, "stage", **{SERVER_ANNOTATION: server}),
+            "spec": {
+                "type": "ClusterIP",
+                "selector": {DEPLOYMENT_LABEL: owner.name, f"{GROUP}/stage": name},
+                "ports": [
+                    {
+                        "name": "http",
+                        "port": WORKER_PORT,
+                        "targetPort": WORKER_PORT,
+                        "protocol": "TCP",
+                    }
+                ],
+            },
+        }
+    )
+
+
+def endpoints_map(owner: Owner, plan: Plan) -> dict[str, str]:
+    return {
+        p.server: f"http://{stage_name(owner, p.server)}.{owner.namespace}.svc:{WORKER_PORT}"
+        for p in plan.placement
+    }
+
+
+def plan_configmap(owner: Owner, problem: Problem, plan: Plan) -> dict[str, Any]:
+    data = {
+        "plan.json": json.dumps(plan_to_dict(plan), indent=1, sort_keys=True),
+        "problem.json": json.dumps(problem_to_dict(problem), indent=1, sort_keys=True),
+        "endpoints.json": json.dumps(endpoints_map(owner, plan), indent=1, sort_keys=True),
+    }
+    return with_hash(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": _metadata(owner, plan_name(owner), "plan"),
+            "data": data,
+        }
+    )
+
+
+def router_deployment(
+    owner: Owner,
+    spec: LLMDeploymentSpec,
+    images: Images,
+    plan_hash: str,
+    zone_label: str,
+    zone: str,
+) -> dict[str, Any]:
+    name = router_name(owner)
+    res = spec.router.resources
+    args = [
+        "router",
+        "--plan", f"{PLAN_MOUNT}/plan.json",
+        "--problem", f"{PLAN_MOUNT}/problem.json",
+        "--endpoints", f"{PLAN_MOUNT}/endpoints.json",
+        "--model-name", spec.model.name,
+        "--tokenizer", model_path(spec),
+        "--host", "0.0.0.0",
+        "--port", str(ROUTER_PORT),
+    ]  # fmt: skip
+    mounts = [*_mounts(spec), {"name": "plan", "mountPath": PLAN_MOUNT, "readOnly": True}]
+    zone_term = {"matchExpressions": [{"key": zone_label, "operator": "In", "values": [zone]}]}
+    pod_labels = labels(owner, "router")
+    return with_hash(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": _metadata(owner, name, "router", **{PLAN_HASH_ANNOTATION: plan_hash}),
+            "spec": {
+                "replicas": spec.router.replicas,
+                "strategy": {
+                    "type": "RollingUpdate",
+                    "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+                },
+                "selector": {
+                    "matchLabels": {
+                        DEPLOYMENT_LABEL: owner.name,
+                        "app.kubernetes.io/component": "router",
+                    }
+                },
+                "template": {
+                    # The plan hash rolls the router when the plan changes (new pods read the new plan).
+                    "metadata": {
+                        "labels": pod_labels,
+                        "annotations": {PLAN_HASH_ANNOTATION: plan_hash},
+                    },
+                    "spec": {
+                        "automountServiceAccountToken": False,
+                        "enableServiceLinks": False,
+                        "securityContext": _pod_security(),
+                        "affinity": {
+                            "nodeAffinity": {
+                                "preferredDuringSchedulingIgnoredDuringExecution": [
+                                    {"weight": 100, "preference": zone_term}
+                                ]
+                            }
+                        },
+                        "containers": [
+                            {
+                                "name": "router",
+                                "image": images.router,
+                                "imagePullPolicy": images.pull_policy,
+                                "command": ["tessera"],
+                                "args": args,
+                                "ports": [
+                                    {
+                                        "name": "http",
+                                        "containerPort": ROUTER_PORT,
+                                        "protocol": "TCP",
+                                    }
+                                ],
+                                "env": _env(),
+                                "resources": {
+                                    "requests": {"cpu": res.cpu, "memory": res.memory},
+                                    "limits": {"memory": res.memory},
+                                },
+                                "readinessProbe": _probe("/health", ROUTER_PORT, 5, 3),
+                                "livenessProbe": _probe("/health", ROUTER_PORT, 10, 6),
+                                "securityContext": _container_security(),
+                                "volumeMounts": mounts,
+                            }
+                        ],
+                        "volumes": [
+                            {"name": "tmp", "emptyDir": {}},
+                            {"name": "plan", "configMap": {"name": plan_name(owner)}},
+                            *model_volumes(spec, images.pull_policy),
+                        ],
+                    },
+                },
+            },
+        }
+    )
+
+
+def router_service(owner: Owner) -> dict[str, Any]:
+    return with_hash(
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": _metadata(owner, router_name(owner), "router"),
+            "spec": {
+                "type": "ClusterIP",
+                "selector": {DEPLOYMENT_LABEL: owner.name, "app.kubernetes.io/component": "router"},
+                "ports": [
+                    {
+                        "name": "http",
+                        "port": ROUTER_PORT,
+                        "targetPort": ROUTER_PORT,
+                        "protocol": "TCP",
+                    }
+                ],
+            },
+        }
+    )

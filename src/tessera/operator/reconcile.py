@@ -1,0 +1,194 @@
+"""One reconcile pass for one LLMDeployment: read, plan, decide, build, apply, report.
+
+Idempotent: it derives everything from the cluster (the CR, the Nodes, the labelled children),
+so running it twice, or after an operator restart, changes nothing the second time. Errors are
+mapped in `handlers.py`; this module raises tessera.errors and lets API errors through.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from tessera.api.crd import LLMDeploymentSpec
+from tessera.errors import Infeasible, InvalidInput
+from tessera.placement import Plan, Problem, problem_to_dict, solve
+
+from . import inventory, manifests, rollout, status
+from .kube import Kube
+
+EventSink = Callable[[str, str, str], None]  # (type Normal|Warning, reason, message)
+CACHE_SIZE = 64
+
+
+def parse_spec(raw: Any) -> LLMDeploymentSpec:
+    try:
+        return LLMDeploymentSpec.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = "spec." + ".".join(str(p) for p in err["loc"]) if err["loc"] else "spec"
+        raise InvalidInput(field, err["msg"]) from None
+
+
+class PlanCache:
+    """Solutions by problem content: node events that change nothing relevant cost no solve."""
+
+    def __init__(self, size: int = CACHE_SIZE) -> None:
+        self._items: OrderedDict[str, Plan] = OrderedDict()
+        self._lock = threading.Lock()
+        self._size = size
+
+    def solve(self, problem: Problem, spec: LLMDeploymentSpec) -> Plan:
+        p = spec.placement
+        key = json.dumps([problem_to_dict(problem), p.solver, p.seed, p.time_limit_seconds])
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        plan = solve(problem, p.solver, seed=p.seed, time_limit_s=p.time_limit_seconds)
+        with self._lock:
+            self._items[key] = plan
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+        return plan
+
+
+@dataclass(frozen=True)
+class Settings:
+    images: manifests.Images
+
+
+def is_ready(dep: Mapping[str, Any]) -> bool:
+    st = dep.get("status") or {}
+    gen = dep.get("metadata", {}).get("generation")
+    observed = st.get("observedGeneration")
+    fresh = gen is None or observed is None or observed >= gen
+    return fresh and int(st.get("readyReplicas") or 0) >= 1
+
+
+def _blocks(dep: Mapping[str, Any]) -> tuple[int, int] | None:
+    raw = (dep.get("metadata", {}).get("annotations") or {}).get(manifests.BLOCKS_ANNOTATION, "")
+    start, _, end = raw.partition(":")
+    return (int(start), int(end)) if start.isdigit() and end.isdigit() else None
+
+
+def reconcile(
+    kube: Kube,
+    body: Mapping[str, Any],
+    settings: Settings,
+    cache: PlanCache,
+    now: str,
+    emit: EventSink,
+) -> dict[str, Any]:
+    """Bring the children in line with the spec and the nodes; return the status written."""
+    meta = body["metadata"]
+    owner = manifests.Owner(meta["name"], meta["namespace"], meta["uid"])
+    generation = meta.get("generation")
+    previous = body.get("status") or {}
+    spec = parse_spec(body.get("spec"))
+    if previous.get("phase") in (None, "Pending"):
+        kube.patch_status(owner.namespace, owner.name, status.planning(previous, generation, now))
+    inv = inventory.build(spec, kube.list_nodes())
+    fresh = cache.solve(inv.problem, spec)
+    if not fresh.feasible:
+        raise Infeasible(fresh.reason or "the pool cannot hold the model")
+
+    children = kube.children(owner.namespace, owner.name)
+    existing = {(k, o["metadata"]["name"]): o for k, objs in children.items() for o in objs}
+    stages: dict[str, Mapping[str, Any]] = {}
+    for dep in children["Deployment"]:
+        server = (dep["metadata"].get("annotations") or {}).get(manifests.SERVER_ANNOTATION)
+        if server and _blocks(dep) is not None:
+            stages[server] = dep
+    deployed = {s: r for s, dep in stages.items() if (r := _blocks(dep)) is not None}
+    present = {s.name for s in inv.servers}
+    ready = {s for s, dep in stages.items() if s in present and is_ready(dep)}
+
+    decision = rollout.decide(inv.problem, deployed, fresh, spec.placement.replan_threshold)
+    target = rollout.ranges_of(decision.target)
+    step = rollout.rollout_step(inv.problem.num_blocks, deployed, ready, target)
+    after = {s: r for s, r in deployed.items() if s not in step.delete}
+    after |= {s: target[s] for s in step.apply}
+
+    concurrency = int(decision.target.stats.get("concurrent_requests", 1))
+    if after == target:
+        serving = decision.target
+    else:  # mid-rollout: publish what is deployed, so the router only uses existing stages
+        serving = rollout.evaluate(inv.problem, after, concurrency, decision.target.solver)
+        if not serving.feasible:
+            serving = decision.target
+    images = settings.images
+    if spec.images.worker or spec.images.router:
+        images = manifests.Images(
+            spec.images.worker or images.worker,
+            spec.images.router or images.router,
+            spec.images.pull_policy,
+        )
+    desired = [
+        manifests.stage_deployment(owner, spec, inv.server(s), r, inv.problem, images)
+        for s, r in sorted(after.items())
+        if s in present
+    ]
+    desired += [manifests.stage_service(owner, s) for s in sorted(after) if s in present]
+    cm = manifests.plan_configmap(owner, inv.problem, serving)
+    desired.append(cm)
+    plan_hash = cm["metadata"]["annotations"][manifests.HASH_ANNOTATION]
+    net = spec.node_pool.network
+    desired.append(
+        manifests.router_deployment(owner, spec, images, plan_hash, net.zone_label, inv.router_zone)
+    )
+    desired.append(manifests.router_service(owner))
+
+    # Start new stages before anything is removed.
+    for obj in desired:
+        kube.apply(obj, existing.get((obj["kind"], obj["metadata"]["name"])))
+    keep = {(o["kind"], o["metadata"]["name"]) for o in desired}
+    for kind, name in sorted(existing):
+        if (kind, name) not in keep and kind in ("Deployment", "Service"):
+            kube.delete(kind, owner.namespace, name)
+
+    if decision.moved:
+        emit("Normal", "Planned", f"{decision.reason}: {_summary(decision.target)}")
+    router = existing.get(("Deployment", manifests.router_name(owner)))
+    obs = status.Observed(
+        generation=generation,
+        target=decision.target,
+        inventory=inv,
+        deployed=after,
+        ready=frozenset(ready & (set(after) - set(step.apply))),
+        router_ready=router is not None and is_ready(router),
+        endpoint=manifests.endpoint(owner),
+        decision=decision.reason,
+    )
+    new_status = status.compute(obs, previous, now)
+    if _differs(previous, new_status):
+        kube.patch_status(owner.namespace, owner.name, new_status)
+    return new_status
+
+
+def _summary(plan: Plan) -> str:
+    parts = [f"{p.server}[{p.start}:{p.end})" for p in plan.placement]
+    pred = plan.predicted
+    per_token = f", {pred.per_token_s * 1000:.1f} ms/token" if pred else ""
+    return f"{len(parts)} stages {' '.join(parts[:8])}{' ...' if len(parts) > 8 else ''}{per_token}"
+
+
+def _differs(previous: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    return any(previous.get(k) != v for k, v in new.items())
+
+
+def report_failure(
+    kube: Kube, body: Mapping[str, Any], reason: str, message: str, now: str
+) -> dict[str, Any]:
+    meta = body["metadata"]
+    previous = body.get("status") or {}
+    new_status = status.failed(reason, message, previous, meta.get("generation"), now)
+    if _differs(previous, new_status):
+        kube.patch_status(meta["namespace"], meta["name"], new_status)
+    return new_status

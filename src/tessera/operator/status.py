@@ -1,0 +1,144 @@
+"""The LLMDeployment status as a pure function of what the reconcile saw and decided."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from tessera.api.crd import Condition, LLMDeploymentStatus, Phase, PlanStatus, StageStatus
+from tessera.placement import Plan
+
+from .inventory import Inventory
+from .rollout import covers
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What one reconcile pass found and decided."""
+
+    generation: int | None
+    target: Plan
+    inventory: Inventory
+    deployed: Mapping[str, tuple[int, int]]  # after this pass's changes
+    ready: frozenset[str]
+    router_ready: bool
+    endpoint: str
+    decision: str
+
+
+def _condition(
+    previous: Sequence[Mapping[str, Any]], type_: str, ok: bool, reason: str, message: str, now: str
+) -> Condition:
+    status: Literal["True", "False"] = "True" if ok else "False"
+    old = next((c for c in previous if c.get("type") == type_), None)
+    since = old.get("lastTransitionTime", now) if old and old.get("status") == status else now
+    return Condition(
+        type=type_, status=status, reason=reason, message=message, last_transition_time=since
+    )
+
+
+def compute(obs: Observed, previous: Mapping[str, Any], now: str) -> dict[str, Any]:
+    """Phase, conditions and plan summary. `previous` is the current status (for transitions)."""
+    conds = previous.get("conditions") or []
+    target = obs.target
+    num_blocks = obs.inventory.problem.num_blocks
+    in_plan = {p.server for p in target.placement}
+    ready_in_plan = sorted(in_plan & obs.ready)
+    all_ready = len(ready_in_plan) == len(in_plan) and obs.router_ready
+    serving = covers(num_blocks, (obs.deployed[s] for s in obs.ready if s in obs.deployed))
+    rolled_out = all(obs.deployed.get(p.server) == (p.start, p.end) for p in target.placement)
+    phase: Phase
+    if all_ready and rolled_out:
+        phase = "Ready"
+    elif previous.get("phase") in ("Ready", "Degraded") and rolled_out:
+        phase = "Degraded"
+    else:
+        phase = "Deploying"
+    stages = []
+    for p in target.placement:
+        info = obs.inventory.server(p.server)
+        stages.append(
+            StageStatus(
+                server=p.server,
+                node=info.node,
+                gpu_class=info.gpu_class,
+                start=p.start,
+                blocks=p.blocks,
+                ready=p.server in obs.ready,
+            )
+        )
+    pred = target.predicted
+    per_token = pred.per_token_s if pred else None
+    plan = PlanStatus(
+        solver=target.solver,
+        predicted_per_token_seconds=per_token,
+        predicted_first_token_seconds=pred.first_token_s if pred else None,
+        concurrent_requests=target.stats.get("concurrent_requests"),
+        stages=stages,
+    )
+    message = f"{len(ready_in_plan)}/{len(in_plan)} stages ready; {obs.decision}"
+    conditions = [
+        _condition(conds, "Planned", True, "PlanFound", obs.decision, now),
+        _condition(
+            conds,
+            "StagesReady",
+            len(ready_in_plan) == len(in_plan),
+            "AllStagesReady" if len(ready_in_plan) == len(in_plan) else "StagesStarting",
+            f"{len(ready_in_plan)}/{len(in_plan)} stage pods ready",
+            now,
+        ),
+        _condition(
+            conds,
+            "Available",
+            serving and obs.router_ready,
+            "CompleteChain" if serving and obs.router_ready else "NoCompleteChain",
+            "ready stages cover every block" if serving else "some blocks have no ready stage",
+            now,
+        ),
+        _condition(conds, "Ready", phase == "Ready", phase, message, now),
+    ]
+    status = LLMDeploymentStatus(
+        phase=phase,
+        message=message,
+        observed_generation=obs.generation,
+        stages=len(in_plan),
+        ready_stages=len(ready_in_plan),
+        predicted_per_token_seconds=per_token,
+        endpoint=obs.endpoint,
+        plan=plan,
+        conditions=conditions,
+    )
+    return status.model_dump(by_alias=True, exclude_none=True)
+
+
+def failed(
+    reason: str, message: str, previous: Mapping[str, Any], generation: int | None, now: str
+) -> dict[str, Any]:
+    """Failed: the spec is invalid or the pool cannot hold the model. Existing stages stay."""
+    conds = previous.get("conditions") or []
+    conditions = [
+        _condition(conds, "Planned", False, reason, message, now),
+        _condition(conds, "Ready", False, "Failed", message, now),
+    ]
+    status = LLMDeploymentStatus(
+        phase="Failed",
+        message=message,
+        observed_generation=generation,
+        stages=int(previous.get("stages", 0) or 0),
+        ready_stages=int(previous.get("readyStages", 0) or 0),
+        endpoint=previous.get("endpoint"),
+        conditions=conditions,
+    )
+    return status.model_dump(by_alias=True, exclude_none=True)
+
+
+def planning(previous: Mapping[str, Any], generation: int | None, now: str) -> dict[str, Any]:
+    conds = previous.get("conditions") or []
+    status = LLMDeploymentStatus(
+        phase="Planning",
+        message="solving the placement",
+        observed_generation=generation,
+        conditions=[_condition(conds, "Planned", False, "Planning", "solving", now)],
+    )
+    return status.model_dump(by_alias=True, exclude_none=True)
