@@ -165,6 +165,7 @@ def reconcile(
         router_ready=router is not None and is_ready(router),
         endpoint=manifests.endpoint(owner),
         decision=decision.reason,
+        moved=decision.moved,
     )
     new_status = status.compute(obs, previous, now)
     if _differs(previous, new_status):

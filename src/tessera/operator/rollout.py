@@ -78,6 +78,8 @@ def decide(problem: Problem, deployed: Ranges, fresh: Plan, threshold: float) ->
     fresh_ranges = ranges_of(fresh)
     if not deployed:
         return Decision(fresh, True, "initial plan")
+    if dict(deployed) == fresh_ranges:
+        return Decision(fresh, False, "plan unchanged")
     concurrency = int(fresh.stats.get("concurrent_requests", 1))
     current = evaluate(problem, deployed, concurrency, f"{fresh.solver} (deployed)")
     if not current.feasible:
@@ -85,8 +87,6 @@ def decide(problem: Problem, deployed: Ranges, fresh: Plan, threshold: float) ->
     errors = validate(problem, current)
     if errors:
         return Decision(fresh, True, f"re-planned: the deployed stages no longer fit ({errors[0]})")
-    if dict(deployed) == fresh_ranges:
-        return Decision(current, False, "plan unchanged")
     old_s = current.predicted.per_token_s if current.predicted else math.inf
     new_s = fresh.predicted.per_token_s if fresh.predicted else math.inf
     gain = 1.0 - new_s / old_s if old_s > 0 and math.isfinite(old_s) else 0.0

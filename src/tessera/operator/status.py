@@ -25,6 +25,7 @@ class Observed:
     router_ready: bool
     endpoint: str
     decision: str
+    moved: bool  # this pass adopted a new plan (its stages are starting)
 
 
 def _condition(
@@ -51,7 +52,7 @@ def compute(obs: Observed, previous: Mapping[str, Any], now: str) -> dict[str, A
     phase: Phase
     if all_ready and rolled_out:
         phase = "Ready"
-    elif previous.get("phase") in ("Ready", "Degraded") and rolled_out:
+    elif previous.get("phase") in ("Ready", "Degraded") and rolled_out and not obs.moved:
         phase = "Degraded"
     else:
         phase = "Deploying"
