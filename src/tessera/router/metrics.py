@@ -1,0 +1,53 @@
+"""Router metrics (names fixed in ARCHITECTURE.md), on a registry per app."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+_HOP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5)
+
+
+class RouterMetrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "tessera_requests_total",
+            "Requests by model and HTTP status",
+            ["model", "status"],
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "tessera_time_to_first_token_seconds",
+            "Time to first token",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tpot = Histogram(
+            "tessera_time_per_output_token_seconds",
+            "Mean time per output token after the first",
+            buckets=_HOP_BUCKETS,
+            registry=r,
+        )
+        self.latency = Histogram(
+            "tessera_request_latency_seconds",
+            "Request latency",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.route_cost = Histogram(
+            "tessera_route_cost_seconds",
+            "WS-RR cost of the chosen chain",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.failovers = Counter(
+            "tessera_failovers_total", "Chains rebuilt after a stage failed mid-request", registry=r
+        )
+        self.hop = Histogram(
+            "tessera_stage_hop_seconds",
+            "Round trip of one step to one stage, seen by the router",
+            ["server"],
+            buckets=_HOP_BUCKETS,
+            registry=r,
+        )

@@ -1,0 +1,297 @@
+"""`/v1/models`, `/v1/chat/completions`, `/v1/completions` (streaming and not)."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from tessera.api import openai as oa
+from tessera.errors import InvalidInput, TesseraError
+
+from .chains import LiveChains
+from .errors import ModelNotFound, PromptTooLong, error_event, error_response
+from .generate import ChainRun, GenerationParams, generate, reserve
+from .metrics import RouterMetrics
+from .stage_client import StageFailed
+from .text import TextStream
+from .tokenizer import Tokenizer
+
+CHAIN_HEADER = "x-tessera-chain"
+
+
+@dataclass
+class RouterState:
+    model_name: str
+    tokenizer: Tokenizer
+    chains: LiveChains
+    metrics: RouterMetrics
+    max_input_tokens: int
+    max_output_tokens: int
+    max_wait_s: float
+    created: int
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    prompt: list[int]
+    params: GenerationParams
+    stops: list[str]
+    stream: bool
+    include_usage: bool
+
+
+def _prepare(
+    state: RouterState,
+    req: oa._Generate,
+    prompt: list[int],
+    prompt_param: str,
+    max_tokens: int | None,
+) -> _Prepared:
+    if req.model != state.model_name:
+        raise ModelNotFound(
+            f"The model {req.model!r} does not exist; this endpoint serves {state.model_name!r}"
+        )
+    if req.n not in (None, 1):
+        raise InvalidInput("n", "only n=1 is supported: send separate requests for more choices")
+    stops = req.stop_list()
+    if len(stops) > oa.MAX_STOP_SEQUENCES:
+        raise InvalidInput("stop", f"at most {oa.MAX_STOP_SEQUENCES} stop sequences")
+    if not prompt:
+        raise InvalidInput(prompt_param, "the prompt is empty")
+    if len(prompt) > state.max_input_tokens:
+        raise PromptTooLong(
+            prompt_param,
+            f"the prompt has {len(prompt)} tokens; this deployment accepts at most "
+            f"{state.max_input_tokens} input tokens",
+        )
+    if max_tokens is not None and max_tokens > state.max_output_tokens:
+        raise InvalidInput(
+            "max_tokens",
+            f"{max_tokens} is more than this deployment's {state.max_output_tokens} output tokens",
+        )
+    if any(t < 0 or t >= state.tokenizer.vocab_size for t in prompt):
+        raise InvalidInput(prompt_param, f"token ids must be in [0, {state.tokenizer.vocab_size})")
+    seed = req.seed if req.seed is not None else random.SystemRandom().randrange(2**62)
+    params = GenerationParams(
+        max_tokens=max_tokens or state.max_output_tokens,
+        temperature=1.0 if req.temperature is None else req.temperature,
+        top_p=1.0 if req.top_p is None else req.top_p,
+        seed=seed % 2**63,
+        eos_ids=frozenset(state.tokenizer.eos_ids),
+    )
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    return _Prepared(prompt, params, stops, bool(req.stream), include_usage)
+
+
+def build_routes(state: RouterState) -> APIRouter:
+    api = APIRouter()
+
+    @api.get("/v1/models")
+    async def models() -> Response:
+        body = oa.ModelList(data=[oa.ModelCard(id=state.model_name, created=state.created)])
+        return JSONResponse(body.model_dump())
+
+    @api.post("/v1/chat/completions")
+    async def chat(req: oa.ChatCompletionRequest) -> Response:
+        try:
+            messages = [{"role": msg.role, "content": msg.text()} for msg in req.messages]
+            prompt = state.tokenizer.chat(messages)
+            prep = _prepare(
+                state, req, prompt, "messages", req.max_completion_tokens or req.max_tokens
+            )
+        except TesseraError as exc:
+            return _fail(state, exc)
+        return await _serve(state, prep, chat=True)
+
+    @api.post("/v1/completions")
+    async def completions(req: oa.CompletionRequest) -> Response:
+        try:
+            if isinstance(req.prompt, list) and req.prompt and isinstance(req.prompt[0], str):
+                if len(req.prompt) != 1:
+                    raise InvalidInput("prompt", "only one prompt per request is supported")
+                prompt = state.tokenizer.encode(str(req.prompt[0]))
+            elif isinstance(req.prompt, list):
+                prompt = [int(t) for t in req.prompt]
+            else:
+                prompt = state.tokenizer.encode(req.prompt)
+            if req.echo:
+                raise InvalidInput("echo", "echo is not supported")
+            prep = _prepare(state, req, prompt, "prompt", req.max_tokens)
+        except TesseraError as exc:
+            return _fail(state, exc)
+        return await _serve(state, prep, chat=False)
+
+    return api
+
+
+def _fail(state: RouterState, exc: TesseraError) -> Response:
+    response = error_response(exc)
+    state.metrics.requests.labels(state.model_name, str(response.status_code)).inc()
+    return response
+
+
+async def _serve(state: RouterState, prep: _Prepared, *, chat: bool) -> Response:
+    t0 = time.perf_counter()
+    try:
+        run = await reserve(
+            state.chains,
+            len(prep.prompt),
+            prep.params,
+            max_wait_s=state.max_wait_s,
+        )
+    except TesseraError as exc:
+        return _fail(state, exc)
+    run.observe_hop = lambda server, s: state.metrics.hop.labels(server).observe(s)
+    state.metrics.route_cost.observe(run.route_cost_s)
+    headers = {CHAIN_HEADER: ">".join(run.chain)}
+    rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+    if prep.stream:
+        body = _sse(state, run, prep, rid, chat, t0)
+        return StreamingResponse(body, media_type="text/event-stream", headers=headers)
+    text = TextStream(state.tokenizer, prep.stops)
+    parts: list[str] = []
+    finish, n_out, first_s = "length", 0, None
+    try:
+        async for out in generate(run, prep.prompt, prep.params):
+            first_s = first_s or time.perf_counter() - t0
+            n_out += 1
+            if out.token in prep.params.eos_ids:
+                finish = "stop"
+                break
+            parts.append(text.add(out.token))
+            if text.stopped:
+                finish = "stop"
+                break
+    except TesseraError as exc:
+        if isinstance(exc, StageFailed):
+            state.chains.mark_down(exc.server)
+        return _fail(state, exc)
+    finally:
+        run.close_soon()
+    parts.append(text.finish())
+    _observe(state, t0, first_s, n_out, "200")
+    usage = oa.Usage(
+        prompt_tokens=len(prep.prompt),
+        completion_tokens=n_out,
+        total_tokens=len(prep.prompt) + n_out,
+    )
+    content = "".join(parts)
+    created = int(time.time())
+    resp: Any
+    if chat:
+        resp = oa.ChatCompletion(
+            id=rid,
+            created=created,
+            model=state.model_name,
+            choices=[
+                oa.ChatChoice(message=oa.AssistantMessage(content=content), finish_reason=finish)
+            ],
+            usage=usage,
+        )
+    else:
+        resp = oa.Completion(
+            id=rid,
+            created=created,
+            model=state.model_name,
+            choices=[oa.TextChoice(text=content, finish_reason=finish)],
+            usage=usage,
+        )
+    return JSONResponse(resp.model_dump(exclude_none=False), headers=headers)
+
+
+def _observe(state: RouterState, t0: float, first_s: float | None, n_out: int, status: str) -> None:
+    m = state.metrics
+    total = time.perf_counter() - t0
+    m.requests.labels(state.model_name, status).inc()
+    m.latency.observe(total)
+    if first_s is not None:
+        m.ttft.observe(first_s)
+        if n_out > 1:
+            m.tpot.observe((total - first_s) / (n_out - 1))
+
+
+def _event(obj: Any) -> bytes:
+    data = obj.model_dump() if hasattr(obj, "model_dump") else obj
+    return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
+
+
+async def _sse(
+    state: RouterState, run: ChainRun, prep: _Prepared, rid: str, chat: bool, t0: float
+) -> AsyncIterator[bytes]:
+    created = int(time.time())
+    name = state.model_name
+
+    def chunk(content: str | None, finish: str | None, role: bool = False) -> bytes:
+        if chat:
+            delta = oa.Delta(role="assistant" if role else None, content=content)
+            return _event(
+                oa.ChatCompletionChunk(
+                    id=rid,
+                    created=created,
+                    model=name,
+                    choices=[oa.ChunkChoice(delta=delta, finish_reason=finish)],
+                ).model_dump(exclude_none=False)
+            )
+        return _event(
+            oa.Completion(
+                id=rid,
+                created=created,
+                model=name,
+                choices=[oa.TextChoice(text=content or "", finish_reason=finish)],
+            )
+        )
+
+    text = TextStream(state.tokenizer, prep.stops)
+    finish, n_out, first_s, status = "length", 0, None, "200"
+    try:
+        if chat:
+            yield chunk("", None, role=True)
+        async for out in generate(run, prep.prompt, prep.params):
+            first_s = first_s or time.perf_counter() - t0
+            n_out += 1
+            if out.token in prep.params.eos_ids:
+                finish = "stop"
+                break
+            delta = text.add(out.token)
+            if delta:
+                yield chunk(delta, None)
+            if text.stopped:
+                finish = "stop"
+                break
+        tail = text.finish()
+        if tail:
+            yield chunk(tail, None)
+        yield chunk(None if chat else "", finish)
+        if prep.include_usage:
+            usage = oa.Usage(
+                prompt_tokens=len(prep.prompt),
+                completion_tokens=n_out,
+                total_tokens=len(prep.prompt) + n_out,
+            )
+            if chat:
+                yield _event(
+                    oa.ChatCompletionChunk(
+                        id=rid, created=created, model=name, choices=[], usage=usage
+                    )
+                )
+            else:
+                yield _event(
+                    oa.Completion(id=rid, created=created, model=name, choices=[], usage=usage)
+                )
+    except TesseraError as exc:
+        if isinstance(exc, StageFailed):
+            state.chains.mark_down(exc.server)
+        status = str(error_response(exc).status_code)
+        yield b"data: " + json.dumps(error_event(exc)).encode() + b"\n\n"
+    finally:
+        run.close_soon()
+        _observe(state, t0, first_s, n_out, status)
+    yield b"data: [DONE]\n\n"
