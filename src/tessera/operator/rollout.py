@@ -116,7 +116,7 @@ def rollout_step(num_blocks: int, deployed: Ranges, ready: Iterable[str], target
     live = {s: r for s, r in deployed.items() if s in ready_set and target.get(s, r) == r}
     live |= {s: deployed[s] for s in changing + removing if s in ready_set}
     if not covers(num_blocks, live.values()):  # already broken: nothing left to protect
-        return Step(tuple(start_new + changing), tuple(removing))
+        return Step(tuple(sorted(start_new + changing)), tuple(removing))
     apply, delete = list(start_new), list[str]()
     for s in removing + changing:  # removals first: they free capacity without a reload
         if s not in live:
