@@ -149,7 +149,10 @@ class Worker:
                 f"{position + t} tokens exceed the session's max_length {session.max_length}",
             )
         if position < session.length:  # a retried or replayed step: rewind the cache first
-            session.cache.crop(position)
+            if position == 0:
+                session.cache = stage.new_cache()
+            else:  # transformers 5 crops by a negative count of tokens to drop
+                session.cache.crop(position - session.length)
             session.length = position
         t0 = time.perf_counter()
         out = stage.forward(x, session.cache, position, session.start_block, session.end_block)

@@ -1,0 +1,151 @@
+"""The stage protocol over HTTP (in-process), on a tiny random Llama."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from tessera.worker.blocks import load_stage
+from tessera.worker.server import Worker, WorkerSettings, build_app
+
+from .datapath_helpers import tiny_model_dir
+
+
+def _client(start, end, memory_bytes=10**9, max_length=64):
+    d = tiny_model_dir("llama")
+    settings = WorkerSettings("w", "tiny", start, end, memory_bytes, max_length, idle_timeout_s=60)
+    worker = Worker(settings, lambda: load_stage(d, start, end))
+    client = TestClient(build_app(worker))
+    client.__enter__()
+    deadline = time.monotonic() + 30
+    while client.get("/readyz").status_code != 200:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    return client
+
+
+@pytest.fixture(scope="module")
+def first():
+    c = _client(0, 4)
+    yield c
+    c.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="module")
+def last():
+    # weights of 4 blocks + head; room for exactly 2 sessions of 4 blocks at 64 tokens
+    d = tiny_model_dir("llama")
+    stage = load_stage(d, 4, 8)
+    slot = stage.cache_bytes_per_token * 64
+    c = _client(4, 8, memory_bytes=stage.weight_bytes + 8 * slot)
+    yield c
+    c.__exit__(None, None, None)
+
+
+def tokens(ids):
+    return np.asarray([ids], dtype="<i8").tobytes(), {
+        "x-dtype": "int64",
+        "x-shape": f"1,{len(ids)}",
+    }
+
+
+def open_(c, sid, a, b, n=32):
+    return c.post(
+        "/v1/sessions", json={"session_id": sid, "start_block": a, "end_block": b, "max_length": n}
+    )
+
+
+def relay(first, last, sid, ids, pos, seed=0, temperature=0.0):
+    body, h = tokens(ids)
+    r = first.post(f"/v1/sessions/{sid}/step", content=body, headers={**h, "x-position": str(pos)})
+    assert r.status_code == 200, r.text
+    assert r.headers["x-dtype"] == "float32" and r.headers["x-shape"] == f"1,{len(ids)},64"
+    r2 = last.post(
+        f"/v1/sessions/{sid}/step",
+        content=r.content,
+        headers={
+            "x-dtype": r.headers["x-dtype"],
+            "x-shape": r.headers["x-shape"],
+            "x-position": str(pos),
+            "x-temperature": str(temperature),
+            "x-seed": str(seed),
+        },
+    )
+    assert r2.status_code == 200, r2.text
+    return r2.json()
+
+
+def test_prefill_decode_close_and_replay_gives_the_same_tokens(first, last):
+    assert open_(first, "s1", 0, 4).json()["slots"] == 4
+    assert open_(last, "s1", 4, 8).status_code == 200
+    prompt = [5, 17, 42, 7]
+    out = [relay(first, last, "s1", prompt, 0, seed=3, temperature=1.0)]
+    for _ in range(5):
+        pos = len(prompt) + len(out) - 1
+        out.append(relay(first, last, "s1", [out[-1]["token"]], pos, seed=3, temperature=1.0))
+    assert [o["position"] for o in out] == list(range(4, 10))
+    # Replay from position 0 (rewinds the caches): the same sampled tokens, step by step.
+    again = [relay(first, last, "s1", prompt, 0, seed=3, temperature=1.0)]
+    for o in out[:-1]:
+        again.append(relay(first, last, "s1", [o["token"]], o["position"], seed=3, temperature=1.0))
+    assert [o["token"] for o in again] == [o["token"] for o in out]
+    # Rewind to the middle (a retried decode step): the same token again.
+    mid = out[2]
+    assert (
+        relay(first, last, "s1", [mid["token"]], mid["position"], seed=3, temperature=1.0) == out[3]
+    )
+    assert first.post("/v1/sessions/s1/close").json() == {"session_id": "s1", "closed": True}
+    assert first.post("/v1/sessions/s1/close").json()["closed"] is False
+    last.post("/v1/sessions/s1/close")
+
+
+def test_full_worker_answers_429_with_retry_after(last):
+    assert open_(last, "f1", 4, 8, 64).status_code == 200
+    assert open_(last, "f2", 4, 8, 64).status_code == 200
+    state = last.get("/state").json()
+    assert state["total_slots"] == 8 and state["free_slots"] == 0 and state["active_sessions"] == 2
+    r = open_(last, "f3", 4, 8, 64)
+    assert r.status_code == 429
+    assert int(r.headers["retry-after"]) >= 1
+    assert r.json()["error"]["code"] == "busy" and r.json()["retry_after_s"] > 0
+    last.post("/v1/sessions/f1/close")
+    assert open_(last, "f3", 6, 8, 64).status_code == 200
+    for sid in ("f2", "f3"):
+        last.post(f"/v1/sessions/{sid}/close")
+
+
+def test_protocol_errors(first):
+    body, h = tokens([1, 2])
+    assert first.post("/v1/sessions/nope/step", content=body, headers=h).status_code == 404
+    assert open_(first, "e1", 0, 4).status_code == 200
+    ahead = first.post("/v1/sessions/e1/step", content=body, headers={**h, "x-position": "3"})
+    assert ahead.status_code == 409 and ahead.json()["error"]["code"] == "position_ahead"
+    short = first.post("/v1/sessions/e1/step", content=body[:-1], headers=h)
+    assert short.status_code == 400 and "bytes" in short.json()["error"]["message"]
+    wrong = first.post("/v1/sessions/e1/step", content=body, headers={**h, "x-dtype": "float32"})
+    assert wrong.status_code == 400
+    big, hb = tokens([1, 999])
+    assert first.post("/v1/sessions/e1/step", content=big, headers=hb).status_code == 400
+    too_long, hl = tokens(list(range(40)))
+    assert first.post("/v1/sessions/e1/step", content=too_long, headers=hl).status_code == 400
+    assert open_(first, "e2", 4, 6).status_code == 400  # not inside [0, 4)
+    assert first.post("/v1/sessions", json={"session_id": "x"}).status_code == 400
+    first.post("/v1/sessions/e1/close")
+
+
+def test_state_health_and_metric_names(first):
+    state = first.get("/state").json()
+    assert state["ready"] and state["start_block"] == 0 and state["end_block"] == 4
+    assert state["num_blocks"] == 8 and state["decode_s_per_block"] > 0
+    assert first.get("/healthz").status_code == 200
+    text = first.get("/metrics").text
+    for name in (
+        "tessera_stage_sessions_active",
+        "tessera_stage_free_slots",
+        "tessera_stage_step_seconds",
+        "tessera_stage_blocks",
+    ):
+        assert name in text
