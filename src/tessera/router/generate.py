@@ -108,8 +108,10 @@ async def reserve(
     while True:
         choice = chains.choose(prompt_tokens, params.max_tokens)
         if choice is None:
-            raise Unavailable("no complete chain of stages is up", hint="retry later")
-        if choice.wait_s <= 0.0:
+            if not chains.has_complete_chain():
+                raise Unavailable("no complete chain of stages is up", hint="retry later")
+            last_wait = 1.0  # chains exist but are full with sessions we cannot see the end of
+        elif choice.wait_s <= 0.0:
             hops = chains.hops(choice.chain)
             expected_end = time.monotonic() + choice.service_s
             run = ChainRun(chains, hops, session_id, sampling, choice.cost_s, list())
