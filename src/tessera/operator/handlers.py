@@ -126,7 +126,9 @@ def run(namespace: str, name: str) -> None:
             emit("Warning", "Infeasible", str(exc))
             raise kopf.PermanentError(str(exc)) from None
         except ApiException as exc:
-            if exc.status in (409, 422, 429) or exc.status is None or exc.status >= 500:
+            if exc.status == 404 and kube.get_llmd(namespace, name) is None:
+                return  # deleted while we worked: its children go with it
+            if exc.status in (404, 409, 422, 429) or exc.status is None or exc.status >= 500:
                 raise kopf.TemporaryError(
                     f"API {exc.status}: {exc.reason}", delay=RETRY_S
                 ) from None

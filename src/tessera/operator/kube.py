@@ -25,6 +25,11 @@ def _json(response: Any) -> Any:
     return json.loads(response.data)
 
 
+def _drain(response: Any) -> None:
+    """Read the body so that the connection goes back to the pool instead of being dropped."""
+    _ = response.data
+
+
 def _has_labels(obj: Mapping[str, Any], wanted: Mapping[str, str]) -> bool:
     got = obj.get("metadata", {}).get("labels") or {}
     return all(got.get(k) == v for k, v in wanted.items())
@@ -97,25 +102,29 @@ class Kube:
         return True
 
     def _create(self, kind: str, ns: str, obj: dict[str, Any]) -> None:
+        resp: Any
         if kind == "Deployment":
-            self.apps.create_namespaced_deployment(ns, obj, _preload_content=False)  # type: ignore[arg-type]
+            resp = self.apps.create_namespaced_deployment(ns, obj, _preload_content=False)  # type: ignore[arg-type]
         elif kind == "Service":
-            self.core.create_namespaced_service(ns, obj, _preload_content=False)  # type: ignore[arg-type]
+            resp = self.core.create_namespaced_service(ns, obj, _preload_content=False)  # type: ignore[arg-type]
         elif kind == "ConfigMap":
-            self.core.create_namespaced_config_map(ns, obj, _preload_content=False)  # type: ignore[arg-type]
+            resp = self.core.create_namespaced_config_map(ns, obj, _preload_content=False)  # type: ignore[arg-type]
         else:
             raise ValueError(f"cannot create {kind}")
+        _drain(resp)
 
     def _patch(self, kind: str, ns: str, name: str, obj: dict[str, Any]) -> None:
         kw: dict[str, Any] = {"_content_type": MERGE, "_preload_content": False}
+        resp: Any
         if kind == "Deployment":
-            self.apps.patch_namespaced_deployment(name, ns, obj, **kw)
+            resp = self.apps.patch_namespaced_deployment(name, ns, obj, **kw)
         elif kind == "Service":
-            self.core.patch_namespaced_service(name, ns, obj, **kw)
+            resp = self.core.patch_namespaced_service(name, ns, obj, **kw)
         elif kind == "ConfigMap":
-            self.core.patch_namespaced_config_map(name, ns, obj, **kw)
+            resp = self.core.patch_namespaced_config_map(name, ns, obj, **kw)
         else:
             raise ValueError(f"cannot patch {kind}")
+        _drain(resp)
 
     def delete(self, kind: str, ns: str, name: str) -> None:
         calls = {
@@ -124,13 +133,13 @@ class Kube:
             "ConfigMap": self.core.delete_namespaced_config_map,
         }
         try:
-            calls[kind](name, ns, _preload_content=False)
+            _drain(calls[kind](name, ns, _preload_content=False))
         except ApiException as exc:
             if exc.status != 404:
                 raise
 
     def patch_status(self, ns: str, name: str, status: dict[str, Any]) -> None:
-        self.custom.patch_namespaced_custom_object_status(
+        resp = self.custom.patch_namespaced_custom_object_status(
             GROUP,
             VERSION,
             ns,
@@ -140,3 +149,4 @@ class Kube:
             _content_type=MERGE,
             _preload_content=False,
         )
+        _drain(resp)

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from tessera.api.crd import LLMDeploymentSpec
 from tessera.errors import Infeasible, InvalidInput
-from tessera.placement import Plan, Problem, problem_to_dict, solve
+from tessera.placement import Plan, Problem, plan_from_dict, problem_to_dict, solve
 
 from . import inventory, manifests, rollout, status
 from .kube import Kube
@@ -136,7 +136,11 @@ def reconcile(
         if s in present
     ]
     desired += [manifests.stage_service(owner, s) for s in sorted(after) if s in present]
-    cm = manifests.plan_configmap(owner, inv.problem, serving)
+    published = _published_plan(existing.get(("ConfigMap", manifests.plan_name(owner))))
+    if published is not None and rollout.ranges_of(published) == rollout.ranges_of(serving):
+        serving = published  # same stages: keep the router's plan byte for byte (no restart)
+    routed = rollout.restrict(inv.problem, (p.server for p in serving.placement))
+    cm = manifests.plan_configmap(owner, routed, serving)
     desired.append(cm)
     plan_hash = cm["metadata"]["annotations"][manifests.HASH_ANNOTATION]
     net = spec.node_pool.network
@@ -171,6 +175,16 @@ def reconcile(
     if _differs(previous, new_status):
         kube.patch_status(owner.namespace, owner.name, new_status)
     return new_status
+
+
+def _published_plan(cm: Mapping[str, Any] | None) -> Plan | None:
+    raw = ((cm or {}).get("data") or {}).get("plan.json")
+    if not raw:
+        return None
+    try:
+        return plan_from_dict(json.loads(raw))
+    except (ValueError, InvalidInput):
+        return None  # not ours or damaged: rewrite it
 
 
 def _summary(plan: Plan) -> str:

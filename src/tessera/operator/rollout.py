@@ -60,6 +60,18 @@ def evaluate(problem: Problem, ranges: Ranges, concurrent_requests: int, solver:
     return Plan(solver, True, placement, MappingProxyType(routes), predicted, stats)
 
 
+def restrict(problem: Problem, servers: Iterable[str]) -> Problem:
+    """The problem with only these servers (what the router needs to route among them)."""
+    keep = set(servers)
+    return Problem(
+        problem.model,
+        problem.workload,
+        tuple(s for s in problem.servers if s.name in keep),
+        problem.clients,
+        tuple(lk for lk in problem.links if lk.server in keep),
+    )
+
+
 def ranges_of(plan: Plan) -> dict[str, tuple[int, int]]:
     return {p.server: (p.start, p.end) for p in plan.placement}
 

@@ -58,17 +58,36 @@ class Emulator(kmock.KubernetesEmulator):
                     if current is not None:
                         old = current.get("metadata", {}).get("generation", 1)
                         data["metadata"]["generation"] = old + 1
+        orphan = None
+        if res is not None and request.action == action.CREATE and isinstance(request.data, dict):
+            refs = request.data.get("metadata", {}).get("ownerReferences") or []
+            if refs and not any(self._uid_exists(r.get("uid")) for r in refs):
+                orphan = request.data["metadata"]["uid"]  # the owner is gone: GC deletes it
         owner_uid = None
-        if res is not None and request.action == action.DELETE and request.name is not None:
+        if (
+            res is not None
+            and request.action in (action.DELETE, action.UPDATE)
+            and request.name is not None
+        ):
             current = self._current(res, request.namespace, request.name)
             owner_uid = current.get("metadata", {}).get("uid") if current else None
         try:
             result = await super()._handle(request)
         except jsonpatch.JsonPatchException as e:  # the real apiserver answers 422
             raise kmock.KubernetesError(status=422, reason="Invalid", message=str(e)) from None
-        if owner_uid is not None:
+        # Background cascading deletion: once the owner is really gone (a DELETE, or the patch
+        # that removes its last finalizer), its dependents go.
+        if owner_uid is not None and self._current(res, request.namespace, request.name) is None:
             await self._collect_garbage(owner_uid)
+        if orphan is not None:
+            await self._collect(lambda raw: raw.get("metadata", {}).get("uid") == orphan)
         return result
+
+    def _uid_exists(self, uid: str | None) -> bool:
+        return any(
+            not o.deleted and o.raw.get("metadata", {}).get("uid") == uid
+            for o in self._objects.values()
+        )
 
     def _current(self, res: Any, namespace: str | None, name: str | None) -> dict[str, Any] | None:
         key = (res, namespace, name)
@@ -79,13 +98,18 @@ class Emulator(kmock.KubernetesEmulator):
 
     async def _collect_garbage(self, uid: str) -> None:
         """Delete dependents whose ownerReferences point at `uid`, recursively."""
+
+        def owned(raw: dict[str, Any]) -> bool:
+            refs = raw.get("metadata", {}).get("ownerReferences") or []
+            return any(r.get("uid") == uid for r in refs)
+
+        await self._collect(owned)
+
+    async def _collect(self, doomed_if: Any) -> None:
         doomed = []
         async with self._lock:
             for key, obj in list(self._objects.items()):
-                if obj.deleted:
-                    continue
-                refs = obj.raw.get("metadata", {}).get("ownerReferences") or []
-                if any(r.get("uid") == uid for r in refs):
+                if not obj.deleted and doomed_if(obj.raw):
                     doomed.append((key, obj.raw.get("metadata", {}).get("uid")))
             for key, _ in doomed:
                 raw = self._objects[key].raw

@@ -148,14 +148,18 @@ def test_node_removal_replans_and_deletion_cascades(cluster: Cluster, operator: 
     cluster.custom.delete_namespaced_custom_object(
         "tessera.dev", "v1alpha1", "default", "llmdeployments", "m2"
     )
-    wait_for(
-        lambda: (
-            not cluster.deployments("m2")
-            and not cluster.services("m2")
-            and not cluster.configmaps("m2")
-        ),
-        what="children to be garbage-collected",
-    )
+    try:
+        wait_for(
+            lambda: (
+                not cluster.deployments("m2")
+                and not cluster.services("m2")
+                and not cluster.configmaps("m2")
+            ),
+            what="children to be garbage-collected",
+        )
+    except AssertionError:
+        left = [*cluster.deployments("m2"), *cluster.services("m2"), *cluster.configmaps("m2")]
+        raise AssertionError(f"left after deletion: {left}") from None
 
 
 def test_added_node_is_used_only_when_the_gain_beats_the_threshold(

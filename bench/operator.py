@@ -1,0 +1,216 @@
+"""Operator latency against the emulated API server (kmock + fixes, tests/integration/k8s).
+
+Measures, with the real operator (KopfRunner) and a pool of 50 GPU nodes:
+- create: LLMDeployment created -> every child (stage Deployments and Services, plan ConfigMap,
+  router Deployment and Service) applied and the status written. Target < 2 s.
+- re-plan: a node holding a stage deleted -> a new plan without it applied. Target < 1 s.
+Baseline, same run: one Deployment POST + GET round trip through the same client and server
+(the API floor); the ratio says how many such round trips each figure costs.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests" / "integration" / "k8s"))
+
+NODES = 50
+REPEATS = 3
+PRODUCTS = (
+    "NVIDIA-A100-SXM4-80GB",
+    "NVIDIA-H100-80GB-HBM3",
+    "NVIDIA-L40S",
+    "NVIDIA-L4",
+    "Tesla-T4",
+)
+NS, GROUP, VERSION, PLURAL = "default", "tessera.dev", "v1alpha1", "llmdeployments"
+
+
+def _node(i: int) -> dict[str, Any]:
+    product = PRODUCTS[i % len(PRODUCTS)]
+    return {
+        "metadata": {
+            "name": f"gpu-{i:02d}",
+            "labels": {
+                "tessera.dev/pool": "bench",
+                "nvidia.com/gpu.product": product,
+                "topology.kubernetes.io/zone": f"zone-{i % 3}",
+            },
+        },
+        "spec": {},
+        "status": {
+            "allocatable": {"nvidia.com/gpu": str(1 + i % 2)},
+            "conditions": [{"type": "Ready", "status": "True"}],
+        },
+    }
+
+
+CR = {
+    "apiVersion": f"{GROUP}/{VERSION}",
+    "kind": "LLMDeployment",
+    "metadata": {"name": "bench", "namespace": NS},
+    "spec": {
+        "model": {
+            "name": "llama-70b",
+            "source": {"pvc": "models"},
+            "architecture": {"preset": "llama-70b"},
+        },
+        "workload": {"concurrentRequests": 16},
+        "nodePool": {"selector": {"matchLabels": {"tessera.dev/pool": "bench"}}},
+    },
+}
+
+
+def _wait(pred: Callable[[], Any], timeout_s: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(0.005)
+    raise TimeoutError("the operator did not finish in time")
+
+
+def _one_run() -> tuple[float, float, float, int]:
+    import kubernetes
+    import yaml
+    from k8s_emulator import EmulatorThread, write_kubeconfig
+    from kopf.testing import KopfRunner
+
+    with EmulatorThread() as srv, tempfile.TemporaryDirectory() as tmp:
+        cfg = pathlib.Path(tmp) / "kubeconfig"
+        write_kubeconfig(cfg, srv.url)
+        os.environ["KUBECONFIG"] = str(cfg)
+        os.environ["TESSERA_RESYNC_SECONDS"] = "3600"
+        kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION = str(cfg)
+        kubernetes.config.load_kube_config(config_file=str(cfg))
+        crd = yaml.safe_load((ROOT / "crds" / "llmdeployment.yaml").read_text())
+        kubernetes.client.ApiextensionsV1Api().create_custom_resource_definition(crd)
+        core, apps = kubernetes.client.CoreV1Api(), kubernetes.client.AppsV1Api()
+        custom = kubernetes.client.CustomObjectsApi()
+        for i in range(NODES):
+            core.create_node(_node(i))
+
+        # Baseline: one write + one read of a Deployment-sized object.
+        body = {
+            "metadata": {"name": "probe"},
+            "spec": {
+                "selector": {"matchLabels": {"a": "b"}},
+                "template": {
+                    "metadata": {"labels": {"a": "b"}},
+                    "spec": {"containers": [{"name": "c", "image": "i"}]},
+                },
+            },
+        }
+        t0 = time.perf_counter()
+        apps.create_namespaced_deployment(NS, body)
+        apps.read_namespaced_deployment("probe", NS)
+        baseline = time.perf_counter() - t0
+        apps.delete_namespaced_deployment("probe", NS)
+
+        def status() -> dict[str, Any]:
+            return (
+                custom.get_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "bench").get(
+                    "status"
+                )
+                or {}
+            )
+
+        def applied() -> dict[str, Any] | None:
+            st = status()
+            stages = st.get("plan", {}).get("stages")
+            if not stages:
+                return None
+            names = {s.metadata.name for s in core.list_namespaced_service(NS).items}
+            return st if "bench-router" in names and len(names) >= len(stages) + 1 else None
+
+        args = ["run", "-A", "--standalone", "--quiet", "-m", "tessera.operator.handlers"]
+        with KopfRunner(args, timeout=30) as runner:
+            time.sleep(0.5)  # let the operator start watching (not part of the figure)
+            t0 = time.perf_counter()
+            custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, CR)
+            st = _wait(applied)
+            create_s = time.perf_counter() - t0
+            stages = len(st["plan"]["stages"])
+            victim = st["plan"]["stages"][0]["node"]
+
+            t0 = time.perf_counter()
+            core.delete_node(victim)
+
+            def replanned() -> bool:
+                s = status()
+                if any(x["node"] == victim for x in s.get("plan", {}).get("stages", [])):
+                    return False
+                cm = core.read_namespaced_config_map("bench-plan", NS)
+                return victim not in cm.data["endpoints.json"]
+
+            _wait(replanned)
+            replan_s = time.perf_counter() - t0
+        if runner.exception is not None:
+            raise runner.exception
+        return create_s, replan_s, baseline, stages
+
+
+def _compute_only() -> tuple[float, int]:
+    """Inventory + solve + build for the same pool, no API: the operator's own share."""
+    from tessera.operator import inventory, manifests
+    from tessera.operator.reconcile import parse_spec
+    from tessera.placement import solve
+
+    spec = parse_spec(CR["spec"])
+    nodes = [_node(i) for i in range(NODES)]
+    owner = manifests.Owner("bench", NS, "uid")
+    images = manifests.Images("w", "r")
+    t0 = time.perf_counter()
+    inv = inventory.build(spec, nodes)
+    plan = solve(inv.problem, spec.placement.solver)
+    objs = [
+        manifests.stage_deployment(
+            owner, spec, inv.server(p.server), (p.start, p.end), inv.problem, images
+        )
+        for p in plan.placement
+    ]
+    objs += [manifests.stage_service(owner, p.server) for p in plan.placement]
+    objs.append(manifests.plan_configmap(owner, inv.problem, plan))
+    objs.append(manifests.router_deployment(owner, spec, images, "h", "z", "zone-0"))
+    objs.append(manifests.router_service(owner))
+    return time.perf_counter() - t0, len(objs)
+
+
+def main() -> None:
+    import logging
+
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("kopf").setLevel(logging.WARNING)
+    runs = [_one_run() for _ in range(REPEATS)]
+    create = statistics.median(r[0] for r in runs)
+    replan = statistics.median(r[1] for r in runs)
+    base = statistics.median(r[2] for r in runs)
+    compute = [_compute_only() for _ in range(REPEATS)]
+    compute_s, writes = statistics.median(c[0] for c in compute), compute[0][1]
+    print(
+        f"pool: {NODES} nodes, {runs[0][3]} stages planned (llama-70b, 16 concurrent); median of {REPEATS}"
+    )
+    print(f"{'figure':<34}{'seconds':>10}{'x API round trip':>18}{'target':>10}{'met':>6}")
+    for label, value, target in (
+        ("CR created -> all children applied", create, 2.0),
+        ("node deleted -> re-plan applied", replan, 1.0),
+    ):
+        print(
+            f"{label:<34}{value:>10.3f}{value / base:>18.1f}{target:>10.1f}{'yes' if value < target else 'NO':>6}"
+        )
+    print(f"{'baseline: Deployment POST+GET':<34}{base:>10.4f}{1.0:>18.1f}")
+    print(f"{'operator compute only (no API)':<34}{compute_s:>10.3f}{compute_s / base:>18.1f}")
+    print(f"objects written on create: {writes}; the rest of the create time is API round trips")
+
+
+if __name__ == "__main__":
+    main()
