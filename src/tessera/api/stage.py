@@ -11,6 +11,7 @@ Routes on a worker (all under one port):
   retried or replayed step idempotent). The last stage also reads `x-temperature`, `x-top-p`
   and `x-seed`. The answer is a raw tensor with the same `x-dtype`/`x-shape` headers, or, from
   the stage that ends at the last block, JSON `StepToken`.
+  Step answers carry `x-compute-s` (the step's compute time, for hop-overhead accounting).
   404 unknown session, 409 position ahead of the session, 400 malformed tensor.
 - `POST /v1/sessions/{session_id}/close` -> 200 `SessionClosed` (idempotent).
 - `GET /state` -> `StageState`; `GET /healthz`, `GET /readyz`, `GET /metrics` (Prometheus).
@@ -26,6 +27,7 @@ HEADER_POSITION = "x-position"
 HEADER_TEMPERATURE = "x-temperature"
 HEADER_TOP_P = "x-top-p"
 HEADER_SEED = "x-seed"
+HEADER_COMPUTE_S = "x-compute-s"  # in step answers: the stage's compute seconds for the step
 TENSOR_MEDIA_TYPE = "application/octet-stream"
 WIRE_DTYPES = ("int64", "float32", "bfloat16", "float16")
 

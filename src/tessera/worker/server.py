@@ -133,8 +133,8 @@ class Worker:
 
     def step(
         self, session_id: str, x: torch.Tensor, position: int, sampling: Sampling
-    ) -> torch.Tensor | wire.StepToken:
-        """One prefill or decode step (runs on the compute thread)."""
+    ) -> tuple[torch.Tensor | wire.StepToken, float]:
+        """One prefill or decode step and its compute seconds (runs on the compute thread)."""
         stage, sessions = self.ready()
         session = sessions.get(session_id, time.monotonic())
         if position > session.length:
@@ -167,7 +167,7 @@ class Worker:
             elapsed *= self.settings.speed_factor
         self.m_step.labels("prefill" if t > 1 else "decode").observe(elapsed)
         session.last_used_s = time.monotonic()
-        return result
+        return result, elapsed
 
     def state(self) -> wire.StageState:
         s = self.settings
@@ -272,16 +272,17 @@ def build_app(worker: Worker) -> FastAPI:
                 seed=_int_header(h, wire.HEADER_SEED, 0),
             )
             loop = asyncio.get_running_loop()
-            out = await loop.run_in_executor(
+            out, compute_s = await loop.run_in_executor(
                 loop_executor, worker.step, session_id, x, position, sampling
             )
         except (TesseraError, ValidationError) as exc:
             return await delayed(_error_response(exc))
+        timing = {wire.HEADER_COMPUTE_S: f"{compute_s:.6f}"}  # lets callers split hop overhead
         if isinstance(out, wire.StepToken):
-            return await delayed(JSONResponse(out.model_dump()))
+            return await delayed(JSONResponse(out.model_dump(), headers=timing))
         data, headers = encode_tensor(out)
         return await delayed(
-            Response(content=data, media_type=wire.TENSOR_MEDIA_TYPE, headers=headers)
+            Response(content=data, media_type=wire.TENSOR_MEDIA_TYPE, headers={**headers, **timing})
         )
 
     @app.post("/v1/sessions/{session_id}/close")
