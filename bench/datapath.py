@@ -1,7 +1,7 @@
 """Data path: split SmolLM2 over stage processes vs the same model in one process.
 
 Measured in one run, one torch thread per process: per-token decode latency of 2- and 3-stage
-chains (stage protocol over loopback HTTP, relayed hub-and-spoke like the router) against the
+chains (stage protocol over loopback HTTP, relayed hub-and-spoke with the router's own StageClient) against the
 whole model in this process; per-hop overhead of a decode step (round trip minus the stage's
 own compute time, from its `x-compute-s` header); time to first token for a 200-token prompt.
 Targets (issue 4): 2-stage <= 1.10x, 3-stage <= 1.15x, hop overhead p50 <= 1.5 ms, TTFT <= 1.3x.
@@ -9,6 +9,7 @@ Targets (issue 4): 2-stage <= 1.10x, 3-stage <= 1.15x, hop overhead p50 <= 1.5 m
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import statistics
@@ -19,6 +20,9 @@ import uuid
 
 import httpx
 import numpy as np
+
+from tessera.api.stage import StepToken
+from tessera.router.stage_client import SamplingHeaders, StageClient, Tensor
 
 PROMPT_TOKENS = 32
 DECODE_STEPS = 48
@@ -65,30 +69,34 @@ def _wait(url: str) -> None:
 
 
 class Chain:
-    """Hub-and-spoke relay over stage hops [(url, start, end)], like the router's ChainRun."""
+    """Hub-and-spoke relay over stage hops [(client, start, end)] with the router's own StageClient."""
 
-    def __init__(self, http: httpx.Client, hops: list[tuple[str, int, int]]) -> None:
-        self.http, self.hops = http, hops
+    def __init__(self, hops: list[tuple[StageClient, int, int]]) -> None:
+        self.hops = hops
 
     def run(
         self, prompt: list[int], steps: int
     ) -> tuple[list[int], float, list[float], list[float]]:
+        return asyncio.run(self._run(prompt, steps))
+
+    async def _run(
+        self, prompt: list[int], steps: int
+    ) -> tuple[list[int], float, list[float], list[float]]:
         """(tokens, first-token seconds, per-decode-step seconds, per-hop overheads)."""
         sid = uuid.uuid4().hex
-        for url, a, b in self.hops:
-            r = self.http.post(
-                f"{url}/v1/sessions",
-                json={"session_id": sid, "start_block": a, "end_block": b, "max_length": 512},
-            )
-            r.raise_for_status()
+        clients = [StageClient(c.server, c.base_url) for c, _, _ in self.hops]  # one loop per run
+        hops = [(c, a, b) for c, (_, a, b) in zip(clients, self.hops, strict=True)]
+        for client, a, b in hops:
+            await client.open(sid, a, b, 512)
         tokens: list[int] = []
         step_s: list[float] = []
         overhead: list[float] = []
+        greedy = SamplingHeaders(0.0, 1.0, 0)
         try:
             x, pos = prompt, 0
             for i in range(steps + 1):
                 t0 = time.perf_counter()
-                token, hop_over = self._step(sid, x, pos)
+                token, hop_over = await self._step(hops, sid, x, pos, greedy)
                 dt = time.perf_counter() - t0
                 if i == 0:
                     first_s = dt
@@ -99,29 +107,30 @@ class Chain:
                 pos += len(x)
                 x = [token]
         finally:
-            for url, _, _ in self.hops:
-                self.http.post(f"{url}/v1/sessions/{sid}/close")
+            for client, _, _ in hops:
+                await client.close(sid)
+                await client.aclose()
         return tokens, first_s, step_s, overhead
 
-    def _step(self, sid: str, ids: list[int], pos: int) -> tuple[int, list[float]]:
-        body = np.asarray([ids], dtype="<i8").tobytes()
-        headers = {"x-dtype": "int64", "x-shape": f"1,{len(ids)}", "x-position": str(pos)}
+    @staticmethod
+    async def _step(
+        hops: list[tuple[StageClient, int, int]],
+        sid: str,
+        ids: list[int],
+        pos: int,
+        sampling: SamplingHeaders,
+    ) -> tuple[int, list[float]]:
+        x: Tensor | StepToken = Tensor.tokens(ids)
         over = []
-        for url, _, _ in self.hops:
+        for client, _, b in hops:
+            if not isinstance(x, Tensor):
+                raise RuntimeError("a stage before the last answered with a token")
             t0 = time.perf_counter()
-            r = self.http.post(f"{url}/v1/sessions/{sid}/step", content=body, headers=headers)
-            rtt = time.perf_counter() - t0
-            r.raise_for_status()
-            over.append(rtt - float(r.headers["x-compute-s"]))
-            if r.headers["content-type"].startswith("application/json"):
-                return int(r.json()["token"]), over
-            body = r.content
-            headers = {
-                "x-dtype": r.headers["x-dtype"],
-                "x-shape": r.headers["x-shape"],
-                "x-position": str(pos),
-            }
-        raise RuntimeError("the chain did not end with a token")
+            x = await client.step(sid, x, pos, sampling if b == 30 else None)
+            over.append(time.perf_counter() - t0 - client.last_compute_s)
+        if not isinstance(x, StepToken):
+            raise RuntimeError("the chain did not end with a token")
+        return x.token, over
 
 
 def _local(stage, prompt: list[int], steps: int) -> tuple[list[int], float, list[float]]:
@@ -156,10 +165,10 @@ def main() -> None:
         for _, url in procs:
             _wait(url)
         (_, w1), (_, w2), (_, w3) = procs
-        http = httpx.Client(timeout=120)
+        c1, c2, c3 = (StageClient(n, u) for n, u in (("a", w1), ("b", w2), ("c", w3)))
         chains = {
-            "2-stage": Chain(http, [(w1, 0, 15), (w2, 15, 30)]),
-            "3-stage": Chain(http, [(w1, 0, 10), (w3, 10, 20), (w2, 20, 30)]),
+            "2-stage": Chain([(c1, 0, 15), (c2, 15, 30)]),
+            "3-stage": Chain([(c1, 0, 10), (c3, 10, 20), (c2, 20, 30)]),
         }
         whole = load_stage(__import__("pathlib").Path(model), 0, 30)
         rng = np.random.default_rng(0)

@@ -69,6 +69,7 @@ class StageClient:
         self.base_url = base_url.rstrip("/")
         self._timeout = aiohttp.ClientTimeout(total=timeout_s, connect=3.0)
         self._session: aiohttp.ClientSession | None = None  # made lazily inside the event loop
+        self.last_compute_s = 0.0  # the stage's own compute time of the last step (x-compute-s)
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -141,6 +142,7 @@ class StageClient:
             headers.update(sampling.headers())
         response = await self._post(f"/v1/sessions/{session_id}/step", data=x.data, headers=headers)
         self._raise_for(response)
+        self.last_compute_s = float(response.headers.get(wire.HEADER_COMPUTE_S, 0.0))
         if response.headers.get("content-type", "").startswith("application/json"):
             return wire.StepToken.model_validate_json(response.content)
         return Tensor(
