@@ -15,6 +15,10 @@ Routes on a worker (all under one port):
   404 unknown session, 409 position ahead of the session, 400 malformed tensor.
 - `POST /v1/sessions/{session_id}/close` -> 200 `SessionClosed` (idempotent).
 - `GET /state` -> `StageState`; `GET /healthz`, `GET /readyz`, `GET /metrics` (Prometheus).
+
+When the worker has a deployment token (`--token-file` or `TESSERA_WORKER_TOKEN`), every route
+but the probes (`/healthz`, `/readyz`, `/metrics`) requires `authorization: Bearer <token>` and
+answers 401 `StageError` without it.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ HEADER_TEMPERATURE = "x-temperature"
 HEADER_TOP_P = "x-top-p"
 HEADER_SEED = "x-seed"
 HEADER_COMPUTE_S = "x-compute-s"  # in step answers: the stage's compute seconds for the step
+HEADER_AUTHORIZATION = "authorization"  # `Bearer <deployment token>` on every call but probes
 TENSOR_MEDIA_TYPE = "application/octet-stream"
 WIRE_DTYPES = ("int64", "float32", "bfloat16", "float16")
 

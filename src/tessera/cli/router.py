@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import pathlib
 from typing import Any
 
 from tessera.errors import InvalidInput
 from tessera.placement import plan_from_dict, problem_from_dict, validate
 
 from .files import load_mapping
+
+TOKEN_ENV = "TESSERA_WORKER_TOKEN"
 
 
 def add_parser(sub: Any) -> None:
@@ -31,8 +35,56 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--max-wait-s", type=float, default=10.0, help="wait for room at most S, then 429"
     )
+    p.add_argument(
+        "--max-queue",
+        type=int,
+        default=256,
+        help="requests that may wait for room at once; more get 429 at once (default 256)",
+    )
+    p.add_argument(
+        "--api-keys-file",
+        default=None,
+        help="file of API keys (one per line, or sha256:<hex>), re-read when it changes; "
+        "without it the router is open to anyone who reaches it",
+    )
+    p.add_argument(
+        "--worker-token-file",
+        default=None,
+        help=f"file holding the deployment token sent to the workers (or env {TOKEN_ENV})",
+    )
+    p.add_argument(
+        "--step-timeout-s",
+        type=float,
+        default=60.0,
+        help="a stage step that takes longer counts as a failure (default 60)",
+    )
+    p.add_argument(
+        "--down-s",
+        type=float,
+        default=10.0,
+        help="after a failed step, do not route to that stage for S seconds (default 10)",
+    )
+    p.add_argument(
+        "--failover-timeout-s",
+        type=float,
+        default=10.0,
+        help="after a stage failure, find a replacement chain within S or fail (default 10)",
+    )
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=run)
+
+
+def read_token(path: str | None, flag: str) -> str | None:
+    """The deployment token from a file (stripped) or from TESSERA_WORKER_TOKEN; None if neither."""
+    if path:
+        try:
+            token = pathlib.Path(path).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise InvalidInput(flag, f"cannot read {path}: {exc.strerror}") from None
+        if not token:
+            raise InvalidInput(flag, f"{path} is empty")
+        return token
+    return os.environ.get(TOKEN_ENV, "").strip() or None
 
 
 def load_config(args: argparse.Namespace) -> Any:
@@ -52,8 +104,15 @@ def load_config(args: argparse.Namespace) -> Any:
     unknown = set(endpoints) - {p.server for p in plan.placement}
     if unknown:
         raise InvalidInput("--endpoints", f"servers not in the plan: {sorted(unknown)}")
-    if args.max_wait_s < 0:
-        raise InvalidInput("--max-wait-s", "must not be negative")
+    for flag in ("max_wait_s", "down_s"):
+        if getattr(args, flag) < 0:
+            raise InvalidInput(f"--{flag.replace('_', '-')}", "must not be negative")
+    for flag in ("step_timeout_s", "failover_timeout_s", "max_queue"):
+        if getattr(args, flag) <= 0:
+            raise InvalidInput(f"--{flag.replace('_', '-')}", "must be positive")
+    keys = pathlib.Path(args.api_keys_file) if args.api_keys_file else None
+    if keys is not None and not keys.is_file():
+        raise InvalidInput("--api-keys-file", f"{keys} does not exist")
     return RouterConfig(
         problem=problem,
         plan=plan,
@@ -62,6 +121,12 @@ def load_config(args: argparse.Namespace) -> Any:
         tokenizer=load_tokenizer(args.tokenizer),
         client=args.client,
         max_wait_s=args.max_wait_s,
+        max_queue=args.max_queue,
+        step_timeout_s=args.step_timeout_s,
+        down_s=args.down_s,
+        failover_timeout_s=args.failover_timeout_s,
+        api_keys_file=keys,
+        worker_token=read_token(args.worker_token_file, "--worker-token-file"),
     )
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from tessera.errors import InvalidInput
 
+from .router import TOKEN_ENV, read_token
 from .sizes import parse_bytes
 
 
@@ -41,6 +42,12 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--idle-timeout-s", type=float, default=120.0, help="close idle sessions after S"
     )
+    p.add_argument(
+        "--token-file",
+        default=None,
+        help=f"file holding the deployment token every caller must send (or env {TOKEN_ENV}); "
+        "without either the stage protocol is open",
+    )
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=run)
 
@@ -65,6 +72,11 @@ def run(args: argparse.Namespace) -> int:
     if args.delay_s < 0 or args.idle_timeout_s <= 0:
         raise InvalidInput("--delay-s/--idle-timeout-s", "must not be negative")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    token = read_token(args.token_file, "--token-file")
+    if token is None:
+        logging.getLogger("tessera.worker").warning(
+            "no --token-file or %s: anyone who reaches this port can use the stage", TOKEN_ENV
+        )
 
     import torch  # noqa: PLC0415 - heavy: only for this command
     import uvicorn
@@ -89,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     )
     worker = Worker(settings, lambda: load_stage(directory, start, end, args.dtype))
     uvicorn.run(
-        build_app(worker),
+        build_app(worker, token),
         host=args.host,
         port=args.port,
         log_level="warning",

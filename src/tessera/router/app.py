@@ -4,23 +4,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import pathlib
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tessera.placement import Plan, Problem
 
+from .auth import ApiKeys
 from .chains import LiveChains
-from .errors import error_body
+from .errors import HEALTH_RESPONSES, error_body, openapi_schema
+from .failover import FailoverPolicy
+from .guard import Guard
 from .metrics import RouterMetrics
 from .openai_routes import RouterState, build_routes
 from .stage_client import StageClient
 from .tokenizer import Tokenizer
+
+log = logging.getLogger("tessera.router")
 
 
 @dataclass(frozen=True)
@@ -32,18 +40,35 @@ class RouterConfig:
     tokenizer: Tokenizer
     client: str | None = None  # which client of the problem this router is (default: the first)
     max_wait_s: float = 10.0  # how long a request may wait for room before 429
+    max_queue: int = 256  # requests waiting for room at once; more get 429 at once
     poll_interval_s: float = 1.0
-    step_timeout_s: float = 120.0
+    step_timeout_s: float = 60.0  # a hop that takes longer counts as failed (then failover)
+    down_s: float = 10.0  # a stage whose step failed is not used for this long
+    failover_timeout_s: float = 10.0  # per failure: find a chain with room within this, or fail
+    api_keys_file: pathlib.Path | None = None  # None: open (local development)
+    worker_token: str | None = None  # sent to every worker (`Authorization: Bearer`)
+    max_body_bytes: int = 4 << 20
+    stage_clients: Mapping[str, StageClient] | None = None  # tests: in-process stand-ins
 
 
 def build_app(config: RouterConfig) -> FastAPI:
-    clients = {
-        name: StageClient(name, url, timeout_s=config.step_timeout_s)
+    clients = dict(config.stage_clients or {}) or {
+        name: StageClient(name, url, timeout_s=config.step_timeout_s, token=config.worker_token)
         for name, url in config.endpoints.items()
     }
     names = [c.name for c in config.problem.clients]
     client_index = names.index(config.client) if config.client in names else 0
-    chains = LiveChains(config.problem, config.plan, clients, client_index=client_index)
+    chains = LiveChains(
+        config.problem, config.plan, clients, client_index=client_index, down_s=config.down_s
+    )
+    keys = ApiKeys(config.api_keys_file) if config.api_keys_file is not None else None
+    if keys is None:
+        log.warning(
+            "no --api-keys-file: the router is OPEN, anyone who reaches it can use it "
+            "(give a file of keys, one per line, to require `Authorization: Bearer <key>`)"
+        )
+    if config.worker_token is None:
+        log.warning("no worker token: calls to the stages are not authenticated")
     w = config.problem.workload
     state = RouterState(
         model_name=config.model_name,
@@ -54,6 +79,8 @@ def build_app(config: RouterConfig) -> FastAPI:
         max_output_tokens=w.max_output_tokens,
         max_wait_s=config.max_wait_s,
         created=int(time.time()),
+        max_queue=config.max_queue,
+        failover=FailoverPolicy(timeout_s=config.failover_timeout_s),
     )
 
     @contextlib.asynccontextmanager
@@ -67,6 +94,18 @@ def build_app(config: RouterConfig) -> FastAPI:
 
     app = FastAPI(title="tessera router", lifespan=lifespan)
     app.state.tessera = state
+    app.add_middleware(Guard, keys=keys, max_body_bytes=config.max_body_bytes)
+    app.openapi = lambda: openapi_schema(app, secured=keys is not None)  # type: ignore[method-assign]
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        return error_body(exc.status_code, str(exc.detail), kind, None, None)
+
+    @app.exception_handler(Exception)
+    async def crash(_request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error")  # the message only: request bodies are never logged
+        return error_body(500, "internal error", "server_error", None, None)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -85,13 +124,13 @@ def build_app(config: RouterConfig) -> FastAPI:
 
     app.include_router(build_routes(state))
 
-    @app.get("/health")
+    @app.get("/health", responses=HEALTH_RESPONSES)
     async def health() -> Response:
         ok = chains.has_complete_chain()
         body = {"status": "ok" if ok else "no complete chain", "stages_up": chains.up_servers()}
         return JSONResponse(body, status_code=200 if ok else 503)
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics() -> Response:
         return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 

@@ -3,7 +3,8 @@
 Each server's load is its last `/state` (polled every second) corrected by the router's own
 opens and closes since that poll, plus the router's own sessions with their expected remaining
 time (for the waiting-time penalty). A server whose `/state` fails, or that is not ready, is
-excluded until it answers again. The worker stays the authority on admission: an open that it
+excluded until it answers again; a server whose step failed (see `failover.py`) is excluded for
+`down_s` seconds at least, even if its `/state` still answers. The worker stays the authority on admission: an open that it
 refuses (busy) makes the caller wait or try another chain.
 """
 
@@ -17,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from tessera.api.stage import StageState
+from tessera.errors import TesseraError
 from tessera.placement import Plan, Problem
 from tessera.placement.routing import RouteChoice, RoutingTable, ServerLoad, routing_table, ws_rr
 
@@ -37,6 +39,7 @@ class _Server:
     client: StageClient | None  # None: the plan names it but no endpoint is configured
     state: StageState | None = None
     up: bool = False
+    down_until_s: float = 0.0  # monotonic: not routed to before this (a failed step)
     delta_slots: int = 0  # our opens minus closes since the last poll
     own: dict[str, tuple[float, int]] = dataclasses.field(
         default_factory=dict
@@ -51,6 +54,7 @@ class LiveChains:
         clients: Mapping[str, StageClient],
         *,
         client_index: int = 0,
+        down_s: float = 10.0,
     ) -> None:
         self.problem = problem
         self.plan = plan
@@ -60,6 +64,8 @@ class LiveChains:
         self.servers = {p.server: _Server(clients.get(p.server)) for p in plan.placement}
         self._changed = asyncio.Event()  # replaced on each notify: no missed or stale wake-ups
         self._measured = False
+        self.down_s = down_s
+        self.waiting = 0  # requests queued for room (see `generate.reserve`)
 
     # --- live state -------------------------------------------------------------------------
     async def poll_once(self) -> None:
@@ -68,14 +74,15 @@ class LiveChains:
                 return
             try:
                 state = await s.client.state()
-            except StageFailed as exc:
+            except TesseraError as exc:  # unreachable, refused (401) or a bad answer: down
                 if s.up:
                     log.warning("stage %s is down: %s", name, exc)
                 s.up = False
                 return
-            if state.ready and not s.up:
+            up = state.ready and time.monotonic() >= s.down_until_s
+            if up and not s.up:
                 log.info("stage %s is up (%d free slots)", name, state.free_slots)
-            s.state, s.up, s.delta_slots = state, state.ready, 0
+            s.state, s.up, s.delta_slots = state, up, 0
 
         await asyncio.gather(*(one(n, s) for n, s in self.servers.items()))
         self._use_measured_speeds()
@@ -87,9 +94,14 @@ class LiveChains:
             await self.poll_once()
 
     def mark_down(self, server: str) -> None:
-        """A hop failed: stop routing to it until its /state answers again."""
-        if server in self.servers:
-            self.servers[server].up = False
+        """A hop failed: stop routing to it for `down_s`, and after that until its /state
+        answers again."""
+        s = self.servers.get(server)
+        if s is not None:
+            if s.up:
+                log.warning("stage %s marked down for %g s", server, self.down_s)
+            s.up = False
+            s.down_until_s = time.monotonic() + self.down_s
 
     def up_servers(self) -> list[str]:
         return [n for n, s in self.servers.items() if s.up]

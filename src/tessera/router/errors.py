@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 
 from tessera.api.openai import ErrorDetail, ErrorResponse
@@ -52,3 +55,45 @@ def error_event(exc: TesseraError) -> dict[str, object]:
     status = error_response(exc).status_code
     kind = "service_unavailable" if status == 503 else "server_error"
     return {"error": {"message": str(exc), "type": kind, "param": None, "code": str(status)}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"model": ErrorResponse, "description": description}
+
+
+# Declared in the OpenAPI document so that clients (and schemathesis) know every answer.
+GENERATE_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: _error("Invalid request: the `param` field names the parameter"),
+    401: _error("Missing or wrong API key (`invalid_api_key`)"),
+    404: _error("Unknown model (`model_not_found`)"),
+    413: _error("Request body too large"),
+    415: _error("Content-Type is not application/json"),
+    429: _error("No chain of stages has room: retry after `Retry-After` seconds"),
+    503: _error("No complete chain of stages is up, or a failover found no replacement"),
+}
+HEALTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "A complete chain of stages is up"},
+    503: {"description": "No complete chain is up"},
+}
+
+
+def openapi_schema(app: FastAPI, *, secured: bool) -> dict[str, Any]:
+    """FastAPI's document without its 422 answers (this router answers 400 instead), with
+    the bearer-key scheme on /v1 routes when keys are required."""
+    if app.openapi_schema is not None:
+        return app.openapi_schema
+    doc = get_openapi(title=app.title, version="1", routes=app.routes)
+    for path, item in doc.get("paths", {}).items():
+        for op in item.values():
+            op.get("responses", {}).pop("422", None)
+            if secured and path.startswith("/v1/"):
+                op["security"] = [{"bearer": []}]
+    schemas = doc.get("components", {}).get("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)
+    if secured:
+        doc.setdefault("components", {})["securitySchemes"] = {
+            "bearer": {"type": "http", "scheme": "bearer"}
+        }
+    app.openapi_schema = doc
+    return doc

@@ -1,29 +1,26 @@
-"""The generation loop: reserve a chain, relay each step through it, stream tokens, close.
+"""The generation loop: reserve a chain (or queue for one), relay each step, stream tokens, close.
 
-A `ChainRun` owns one request's sessions (one per hop) and its token history (prompt plus
-generated tokens): everything needed to rebuild the KV caches on another chain by replaying the
-history, because sampling is a function of `(seed, position)` only. Sessions are closed when
-the run ends, fails or is cancelled (client disconnect), on a task of their own so that a
-cancellation cannot skip the close.
+Admission: a request takes the cheapest chain with room now (WS-RR); otherwise it waits in a
+bounded queue (`max_queue` requests, each at most `max_wait_s`) for room, then gets `Busy`
+(429 with Retry-After). A stage failure during generation is handled by `failover.step`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from tessera.api.stage import StepToken
 from tessera.errors import Busy, Unavailable
 
-from .chains import Hop, LiveChains
-from .stage_client import SamplingHeaders, StageFailed, Tensor
+from . import failover
+from .chainrun import ChainRun
+from .chains import LiveChains
+from .stage_client import SamplingHeaders, StageFailed
 
-log = logging.getLogger("tessera.router")
-_background: set[asyncio.Task[None]] = set()  # close tasks, kept referenced until done
+__all__ = ["ChainRun", "GenerationParams", "generate", "reserve"]
 
 
 @dataclass(frozen=True)
@@ -35,141 +32,96 @@ class GenerationParams:
     eos_ids: frozenset[int]
 
 
-@dataclass
-class ChainRun:
-    chains: LiveChains
-    hops: list[Hop]
-    session_id: str
-    sampling: SamplingHeaders
-    route_cost_s: float
-    tokens: list[int] = field(default_factory=list)  # prompt + generated: the replay history
-    observe_hop: Callable[[str, float], None] | None = None  # (server, seconds) of each hop
-    closed: bool = False
-
-    @property
-    def chain(self) -> tuple[str, ...]:
-        return tuple(h.server for h in self.hops)
-
-    async def step(self, new_tokens: list[int], position: int) -> StepToken:
-        """Relay one step (hub and spoke): token ids in, the last stage's sampled token out."""
-        x: Tensor | StepToken = Tensor.tokens(new_tokens)
-        for i, hop in enumerate(self.hops):
-            if not isinstance(x, Tensor):
-                raise StageFailed(hop.server, "a stage before the last returned a token")
-            last = i == len(self.hops) - 1
-            t0 = time.perf_counter()
-            x = await self.chains.client(hop.server).step(
-                self.session_id, x, position, self.sampling if last else None
-            )
-            if self.observe_hop is not None:
-                self.observe_hop(hop.server, time.perf_counter() - t0)
-        if not isinstance(x, StepToken):
-            raise StageFailed(self.hops[-1].server, "the last stage did not return a token")
-        return x
-
-    def close_soon(self) -> None:
-        """Close every session on its own task (survives the caller's cancellation)."""
-        if self.closed:
-            return
-        self.closed = True
-        task = asyncio.get_running_loop().create_task(self._close_all())
-        _background.add(task)
-        task.add_done_callback(_background.discard)
-
-    async def _close_all(self) -> None:
-        async def one(hop: Hop) -> None:
-            try:
-                await self.chains.client(hop.server).close(self.session_id)
-            except Exception as exc:  # the worker expires it anyway; say so and move on
-                log.info("closing %s on %s failed: %s", self.session_id, hop.server, exc)
-            finally:
-                self.chains.closed(hop.server, self.session_id)
-
-        await asyncio.gather(*(one(h) for h in self.hops))
-
-
 async def reserve(
     chains: LiveChains,
     prompt_tokens: int,
     params: GenerationParams,
     *,
     max_wait_s: float,
+    max_queue: int | None = None,
 ) -> ChainRun:
     """Pick the cheapest chain with room (WS-RR) and open a session on each of its stages.
 
-    Waits at most `max_wait_s` for room (Busy after that) and raises Unavailable when no
-    complete chain is up.
+    Waits at most `max_wait_s` for room, and only if fewer than `max_queue` requests are
+    already waiting (Busy otherwise); raises Unavailable when no complete chain is up.
     """
     deadline = time.monotonic() + max_wait_s
-    session_id = f"req-{uuid.uuid4().hex[:20]}"
-    max_length = prompt_tokens + params.max_tokens
+    request_id = f"req-{uuid.uuid4().hex[:20]}"
     sampling = SamplingHeaders(params.temperature, params.top_p, params.seed)
     last_wait = 1.0
-    while True:
-        choice = chains.choose(prompt_tokens, params.max_tokens)
-        if choice is None:
-            if not chains.has_complete_chain():
-                raise Unavailable("no complete chain of stages is up", hint="retry later")
-            last_wait = 1.0  # chains exist but are full with sessions we cannot see the end of
-        elif choice.wait_s <= 0.0:
-            hops = chains.hops(choice.chain)
-            expected_end = time.monotonic() + choice.service_s
-            run = ChainRun(chains, hops, session_id, sampling, choice.cost_s, list())
-            try:
-                await _open_all(chains, run, max_length, expected_end)
-                return run
-            except Busy as exc:
-                last_wait = exc.retry_after_s
-            except StageFailed as exc:
-                chains.mark_down(exc.server)
-                continue  # try the next best chain at once
-        else:
-            last_wait = choice.wait_s
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise Busy(
-                "no chain of stages has room for this request now",
-                retry_after_s=max(min(last_wait, 60.0), 1.0),
-            )
-        await chains.wait_change(min(remaining, 0.25))
-
-
-async def _open_all(chains: LiveChains, run: ChainRun, max_length: int, end_s: float) -> None:
-    """Open the session on every hop; on any failure close the ones that opened and re-raise."""
-
-    async def one(hop: Hop) -> None:
-        try:
-            slots = await chains.client(hop.server).open(
-                run.session_id, hop.start_block, hop.end_block, max_length
-            )
-        except Busy:
-            chains.refused(hop.server)
-            raise
-        chains.opened(hop.server, run.session_id, slots, end_s)
-
-    results = await asyncio.gather(*(one(h) for h in run.hops), return_exceptions=True)
-    errors = [r for r in results if isinstance(r, BaseException)]
-    if errors:
-        opened = [h for h, r in zip(run.hops, results, strict=True) if r is None]
-        failed_run = ChainRun(chains, opened, run.session_id, run.sampling, run.route_cost_s)
-        failed_run.close_soon()
-        run.closed = True
-        stage_failed = [e for e in errors if isinstance(e, StageFailed)]
-        raise stage_failed[0] if stage_failed else errors[0]
+    queued = False
+    attempt = 0  # each attempt opens sessions under its own id (a late close cannot hit them)
+    try:
+        while True:
+            choice = chains.choose(prompt_tokens, params.max_tokens)
+            if choice is None:
+                if not chains.has_complete_chain():
+                    raise Unavailable("no complete chain of stages is up", hint="retry later")
+                last_wait = 1.0  # chains exist but are full with sessions we cannot see the end of
+            elif choice.wait_s <= 0.0:
+                run = ChainRun(
+                    chains,
+                    [],
+                    request_id,
+                    sampling,
+                    choice.cost_s,
+                    max_length=prompt_tokens + params.max_tokens,
+                    prompt_tokens=prompt_tokens,
+                    epoch=attempt,
+                )
+                attempt += 1
+                try:
+                    await run.open(chains.hops(choice.chain), time.monotonic() + choice.service_s)
+                    return run
+                except Busy as exc:
+                    last_wait = exc.retry_after_s
+                except StageFailed as exc:
+                    chains.mark_down(exc.server)
+                    continue  # try the next best chain at once
+                except BaseException:  # cancelled (client gone) while opening: free what opened
+                    run.close_soon()
+                    raise
+            else:
+                last_wait = choice.wait_s
+            remaining = deadline - time.monotonic()
+            if not queued and remaining > 0:
+                if max_queue is not None and chains.waiting >= max_queue:
+                    raise Busy(
+                        f"no chain of stages has room now and {chains.waiting} requests "
+                        "are already waiting",
+                        retry_after_s=max(min(last_wait, 60.0), 1.0),
+                    )
+                queued = True
+                chains.waiting += 1
+            if remaining <= 0:
+                raise Busy(
+                    "no chain of stages has room for this request now",
+                    retry_after_s=max(min(last_wait, 60.0), 1.0),
+                )
+            await chains.wait_change(min(remaining, 0.25))
+    finally:
+        if queued:
+            chains.waiting -= 1
 
 
 async def generate(
-    run: ChainRun, prompt: list[int], params: GenerationParams
+    run: ChainRun,
+    prompt: list[int],
+    params: GenerationParams,
+    policy: failover.FailoverPolicy | None = None,
 ) -> AsyncIterator[StepToken]:
-    """Prefill, then one decode step per token; stops at EOS or `max_tokens`. Always closes."""
+    """Prefill, then one decode step per token; stops at EOS or `max_tokens`. Always closes.
+
+    A failed stage is replaced mid-request (`failover.step`), invisibly to the caller."""
+    policy = policy or failover.FailoverPolicy()
     try:
         run.tokens = list(prompt)
-        out = await run.step(prompt, 0)
+        out = await failover.step(run, prompt, 0, policy)
         for _ in range(params.max_tokens):
             run.tokens.append(out.token)
             yield out
             if out.token in params.eos_ids or len(run.tokens) - len(prompt) >= params.max_tokens:
                 return
-            out = await run.step([out.token], len(run.tokens) - 1)
+            out = await failover.step(run, [out.token], len(run.tokens) - 1, policy)
     finally:
         run.close_soon()

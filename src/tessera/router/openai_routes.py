@@ -2,25 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from tessera.api import openai as oa
 from tessera.errors import InvalidInput, TesseraError
 
 from .chains import LiveChains
-from .errors import ModelNotFound, PromptTooLong, error_event, error_response
+from .errors import GENERATE_ERRORS, ModelNotFound, PromptTooLong, error_event, error_response
+from .failover import FailoverPolicy
 from .generate import ChainRun, GenerationParams, generate, reserve
 from .metrics import RouterMetrics
-from .stage_client import StageFailed
 from .text import TextStream
 from .tokenizer import Tokenizer
 
@@ -37,6 +38,8 @@ class RouterState:
     max_output_tokens: int
     max_wait_s: float
     created: int
+    max_queue: int | None = None
+    failover: FailoverPolicy = field(default_factory=FailoverPolicy)
 
 
 @dataclass(frozen=True)
@@ -94,13 +97,13 @@ def _prepare(
 def build_routes(state: RouterState) -> APIRouter:
     api = APIRouter()
 
-    @api.get("/v1/models")
+    @api.get("/v1/models", response_model=oa.ModelList, responses={401: GENERATE_ERRORS[401]})
     async def models() -> Response:
         body = oa.ModelList(data=[oa.ModelCard(id=state.model_name, created=state.created)])
         return JSONResponse(body.model_dump())
 
-    @api.post("/v1/chat/completions")
-    async def chat(req: oa.ChatCompletionRequest) -> Response:
+    @api.post("/v1/chat/completions", responses={200: _ok(oa.ChatCompletion), **GENERATE_ERRORS})
+    async def chat(req: oa.ChatCompletionRequest, request: Request) -> Response:
         try:
             messages = [{"role": msg.role, "content": msg.text()} for msg in req.messages]
             prompt = state.tokenizer.chat(messages)
@@ -109,10 +112,10 @@ def build_routes(state: RouterState) -> APIRouter:
             )
         except TesseraError as exc:
             return _fail(state, exc)
-        return await _serve(state, prep, chat=True)
+        return await _serve(state, prep, request, chat=True)
 
-    @api.post("/v1/completions")
-    async def completions(req: oa.CompletionRequest) -> Response:
+    @api.post("/v1/completions", responses={200: _ok(oa.Completion), **GENERATE_ERRORS})
+    async def completions(req: oa.CompletionRequest, request: Request) -> Response:
         try:
             if isinstance(req.prompt, list) and req.prompt and isinstance(req.prompt[0], str):
                 if len(req.prompt) != 1:
@@ -127,7 +130,7 @@ def build_routes(state: RouterState) -> APIRouter:
             prep = _prepare(state, req, prompt, "prompt", req.max_tokens)
         except TesseraError as exc:
             return _fail(state, exc)
-        return await _serve(state, prep, chat=False)
+        return await _serve(state, prep, request, chat=False)
 
     return api
 
@@ -138,7 +141,15 @@ def _fail(state: RouterState, exc: TesseraError) -> Response:
     return response
 
 
-async def _serve(state: RouterState, prep: _Prepared, *, chat: bool) -> Response:
+def _ok(model: type[Any]) -> dict[str, Any]:
+    return {
+        "model": model,
+        "description": "The answer (JSON), or with `stream: true` server-sent events of chunks",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    }
+
+
+async def _serve(state: RouterState, prep: _Prepared, request: Request, *, chat: bool) -> Response:
     t0 = time.perf_counter()
     try:
         run = await reserve(
@@ -146,44 +157,40 @@ async def _serve(state: RouterState, prep: _Prepared, *, chat: bool) -> Response
             len(prep.prompt),
             prep.params,
             max_wait_s=state.max_wait_s,
+            max_queue=state.max_queue,
         )
     except TesseraError as exc:
         return _fail(state, exc)
     run.observe_hop = lambda server, s: state.metrics.hop.labels(server).observe(s)
+    run.observe_failover = state.metrics.failovers.inc
     state.metrics.route_cost.observe(run.route_cost_s)
     headers = {CHAIN_HEADER: ">".join(run.chain)}
     rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
     if prep.stream:
         body = _sse(state, run, prep, rid, chat, t0)
         return StreamingResponse(body, media_type="text/event-stream", headers=headers)
-    text = TextStream(state.tokenizer, prep.stops)
-    parts: list[str] = []
-    finish, n_out, first_s = "length", 0, None
+    # Non-streaming: generate on a task and stop it (closing every session) if the client leaves.
+    work = asyncio.ensure_future(_whole(state, run, prep, t0))
+    gone = asyncio.ensure_future(_disconnected(request))
     try:
-        async for out in generate(run, prep.prompt, prep.params):
-            first_s = first_s or time.perf_counter() - t0
-            n_out += 1
-            if out.token in prep.params.eos_ids:
-                finish = "stop"
-                break
-            parts.append(text.add(out.token))
-            if text.stopped:
-                finish = "stop"
-                break
-    except TesseraError as exc:
-        if isinstance(exc, StageFailed):
-            state.chains.mark_down(exc.server)
-        return _fail(state, exc)
+        await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        run.close_soon()
-    parts.append(text.finish())
-    _observe(state, t0, first_s, n_out, "200")
+        gone.cancel()
+        if not work.done():  # the client went away (or we are cancelled): stop generating
+            work.cancel()
+            run.close_soon()
+    if not work.done() or work.cancelled():
+        state.metrics.requests.labels(state.model_name, "499").inc()
+        return Response(status_code=499)
+    result = work.result()
+    if isinstance(result, Response):
+        return result
+    content, finish, n_out = result
     usage = oa.Usage(
         prompt_tokens=len(prep.prompt),
         completion_tokens=n_out,
         total_tokens=len(prep.prompt) + n_out,
     )
-    content = "".join(parts)
     created = int(time.time())
     resp: Any
     if chat:
@@ -204,7 +211,40 @@ async def _serve(state: RouterState, prep: _Prepared, *, chat: bool) -> Response
             choices=[oa.TextChoice(text=content, finish_reason=finish)],
             usage=usage,
         )
+    headers[CHAIN_HEADER] = ">".join(run.chain)  # after a failover: the chain that finished it
     return JSONResponse(resp.model_dump(exclude_none=False), headers=headers)
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client has gone (the body was read already: the next message says so)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _whole(
+    state: RouterState, run: ChainRun, prep: _Prepared, t0: float
+) -> tuple[str, str, int] | Response:
+    text = TextStream(state.tokenizer, prep.stops)
+    parts: list[str] = []
+    finish, n_out, first_s = "length", 0, None
+    try:
+        async for out in generate(run, prep.prompt, prep.params, state.failover):
+            first_s = first_s or time.perf_counter() - t0
+            n_out += 1
+            if out.token in prep.params.eos_ids:
+                finish = "stop"
+                break
+            parts.append(text.add(out.token))
+            if text.stopped:
+                finish = "stop"
+                break
+    except TesseraError as exc:
+        return _fail(state, exc)
+    finally:
+        run.close_soon()
+    parts.append(text.finish())
+    _observe(state, t0, first_s, n_out, "200")
+    return "".join(parts), finish, n_out
 
 
 def _observe(state: RouterState, t0: float, first_s: float | None, n_out: int, status: str) -> None:
@@ -254,7 +294,7 @@ async def _sse(
     try:
         if chat:
             yield chunk("", None, role=True)
-        async for out in generate(run, prep.prompt, prep.params):
+        async for out in generate(run, prep.prompt, prep.params, state.failover):
             first_s = first_s or time.perf_counter() - t0
             n_out += 1
             if out.token in prep.params.eos_ids:
@@ -286,9 +326,7 @@ async def _sse(
                 yield _event(
                     oa.Completion(id=rid, created=created, model=name, choices=[], usage=usage)
                 )
-    except TesseraError as exc:
-        if isinstance(exc, StageFailed):
-            state.chains.mark_down(exc.server)
+    except TesseraError as exc:  # failover gave up: an OpenAI error event, then [DONE]
         status = str(error_response(exc).status_code)
         yield b"data: " + json.dumps(error_event(exc)).encode() + b"\n\n"
     finally:

@@ -64,9 +64,13 @@ class _Reply:
 
 
 class StageClient:
-    def __init__(self, server: str, base_url: str, *, timeout_s: float = 120.0) -> None:
+    def __init__(
+        self, server: str, base_url: str, *, timeout_s: float = 120.0, token: str | None = None
+    ) -> None:
         self.server = server
         self.base_url = base_url.rstrip("/")
+        # The deployment token goes with every call (workers refuse calls without it).
+        self._auth = {wire.HEADER_AUTHORIZATION: f"Bearer {token}"} if token else None
         self._timeout = aiohttp.ClientTimeout(total=timeout_s, connect=3.0)
         self._session: aiohttp.ClientSession | None = None  # made lazily inside the event loop
         self.last_compute_s = 0.0  # the stage's own compute time of the last step (x-compute-s)
@@ -76,6 +80,7 @@ class StageClient:
             self._session = aiohttp.ClientSession(
                 base_url=self.base_url,
                 timeout=self._timeout,
+                headers=self._auth,
                 connector=aiohttp.TCPConnector(limit=512, limit_per_host=512),
             )
         return self._session
@@ -114,6 +119,8 @@ class StageClient:
             raise Busy(f"stage {self.server}: {message}", retry_after_s=retry or 1.0)
         if response.status_code == 404:
             raise NotFound(f"stage {self.server}: {message}")
+        if response.status_code == 401:
+            raise StageFailed(self.server, f"refused the router's worker token: {message}")
         # Any other 4xx is a protocol bug between router and worker, not the user's fault.
         raise StageFailed(self.server, f"HTTP {response.status_code}: {message}")
 
@@ -157,6 +164,8 @@ class StageClient:
 
     async def state(self) -> wire.StageState:
         response = await self._request("GET", "/state", timeout_s=2.0)
+        if response.status_code == 401:
+            raise StageFailed(self.server, "/state refused the router's worker token (HTTP 401)")
         if response.status_code != 200:
             raise StageFailed(self.server, f"/state answered HTTP {response.status_code}")
         try:

@@ -15,6 +15,7 @@ import pathlib
 from datetime import datetime
 from typing import Any
 
+from jinja2 import TemplateError
 from jinja2.ext import loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer as HFTokenizer
@@ -58,7 +59,10 @@ class Tokenizer:
         self._template = env.from_string(template) if template else None
 
     def encode(self, text: str, *, special: bool = True) -> list[int]:
-        return list(self._tok.encode(text, add_special_tokens=special).ids)
+        try:
+            return list(self._tok.encode(text, add_special_tokens=special).ids)
+        except TypeError:  # lone UTF-16 surrogates (valid JSON escapes, not text)
+            raise InvalidInput("prompt", "the text is not valid Unicode") from None
 
     def decode(self, ids: list[int]) -> str:
         return str(self._tok.decode(ids, skip_special_tokens=True))
@@ -66,12 +70,18 @@ class Tokenizer:
     def chat(self, messages: list[dict[str, str]]) -> list[int]:
         if self._template is None:
             raise InvalidInput("messages", "this model has no chat template; use /v1/completions")
-        text = self._template.render(
-            messages=messages,
-            add_generation_prompt=True,
-            **{k: v for k, v in self.special.items() if v is not None},
-        )
-        return self.encode(text, special=False)
+        try:
+            text = self._template.render(
+                messages=messages,
+                add_generation_prompt=True,
+                **{k: v for k, v in self.special.items() if v is not None},
+            )
+        except TemplateError as exc:  # the model's template rejects these messages
+            raise InvalidInput("messages", f"the chat template refused them: {exc}") from None
+        try:
+            return self.encode(text, special=False)
+        except InvalidInput:
+            raise InvalidInput("messages", "the text is not valid Unicode") from None
 
     @property
     def vocab_size(self) -> int:

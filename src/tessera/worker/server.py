@@ -34,6 +34,7 @@ from pydantic import ValidationError
 from tessera.api import stage as wire
 from tessera.errors import Busy, InvalidInput, NotFound, TesseraError, Unavailable
 
+from .auth import TokenAuth
 from .blocks import StageModel
 from .calibrate import Calibration, calibrate
 from .sampling import Sampling, sample
@@ -210,7 +211,8 @@ def _error_response(exc: Exception) -> JSONResponse:
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
 
-def build_app(worker: Worker) -> FastAPI:
+def build_app(worker: Worker, token: str | None = None) -> FastAPI:
+    """The stage server; with `token`, every call but the probes must carry it."""
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         threading.Thread(target=_load_then_serve, args=(worker,), daemon=True).start()
@@ -220,6 +222,8 @@ def build_app(worker: Worker) -> FastAPI:
         worker.compute.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="tessera stage", lifespan=lifespan)
+    if token is not None:
+        app.add_middleware(TokenAuth, token=token)
     loop_executor = worker.compute
 
     async def delayed(response: Response) -> Response:

@@ -1,0 +1,139 @@
+"""One request's chain: its sessions (one per hop), its token history, relay and close.
+
+A `ChainRun` owns everything needed to rebuild the KV caches on another chain by replaying the
+history (prompt plus generated tokens), because sampling is a function of `(seed, position)`
+only (see `failover.py`). Sessions are closed when the run ends, fails or is cancelled (client
+disconnect), on a task of their own so that a cancellation cannot skip the close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from tessera.api.stage import StepToken
+from tessera.errors import Busy, NotFound
+
+from .chains import Hop, LiveChains
+from .stage_client import SamplingHeaders, StageFailed, Tensor
+
+log = logging.getLogger("tessera.router")
+_background: set[asyncio.Task[None]] = set()  # close tasks, kept referenced until done
+CLOSE_WAIT_S = 2.0  # how long a failover waits for old sessions to close before re-opening
+
+
+class SessionLost(StageFailed):
+    """A stage answered but no longer knows our session (it restarted or expired it)."""
+
+
+@dataclass
+class ChainRun:
+    chains: LiveChains
+    hops: list[Hop]
+    request_id: str
+    sampling: SamplingHeaders
+    route_cost_s: float
+    max_length: int  # tokens declared on every stage: prompt + max_tokens
+    prompt_tokens: int = 0
+    tokens: list[int] = field(default_factory=list)  # prompt + generated: the replay history
+    observe_hop: Callable[[str, float], None] | None = None  # (server, seconds) of each hop
+    observe_failover: Callable[[], None] | None = None
+    failovers: int = 0  # chains rebuilt so far
+    epoch: int = 0  # chains tried so far (each gets its own session id)
+    closed: bool = False
+
+    @property
+    def session_id(self) -> str:
+        # A fresh id per chain: a late close of the old chain cannot hit the new sessions.
+        return self.request_id if self.epoch == 0 else f"{self.request_id}.{self.epoch}"
+
+    @property
+    def chain(self) -> tuple[str, ...]:
+        return tuple(h.server for h in self.hops)
+
+    async def relay(self, new_tokens: list[int], position: int) -> StepToken:
+        """One step through the chain (hub and spoke): token ids in, the sampled token out."""
+        x: Tensor | StepToken = Tensor.tokens(new_tokens)
+        sid = self.session_id
+        for i, hop in enumerate(self.hops):
+            if not isinstance(x, Tensor):
+                raise StageFailed(hop.server, "a stage before the last returned a token")
+            last = i == len(self.hops) - 1
+            t0 = time.perf_counter()
+            try:
+                x = await self.chains.client(hop.server).step(
+                    sid, x, position, self.sampling if last else None
+                )
+            except NotFound as exc:
+                raise SessionLost(hop.server, str(exc)) from exc
+            if self.observe_hop is not None:
+                self.observe_hop(hop.server, time.perf_counter() - t0)
+        if not isinstance(x, StepToken):
+            raise StageFailed(self.hops[-1].server, "the last stage did not return a token")
+        return x
+
+    async def open(self, hops: list[Hop], expected_end_s: float) -> None:
+        """Open a session on every hop of `hops` (then the run's chain); on failure close those
+        that opened and re-raise (a StageFailed first, so that the caller marks it down)."""
+        self.hops = hops
+        sid = self.session_id
+
+        async def one(hop: Hop) -> None:
+            try:
+                slots = await self.chains.client(hop.server).open(
+                    sid, hop.start_block, hop.end_block, self.max_length
+                )
+            except Busy:
+                self.chains.refused(hop.server)
+                raise
+            self.chains.opened(hop.server, sid, slots, expected_end_s)
+
+        results = await asyncio.gather(*(one(h) for h in hops), return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            opened = [h for h, r in zip(hops, results, strict=True) if r is None]
+            _spawn(self._close(opened, sid))
+            self.hops = []
+            stage_failed = [e for e in errors if isinstance(e, StageFailed)]
+            raise stage_failed[0] if stage_failed else errors[0]
+
+    async def release(self, failed: str) -> None:
+        """Before a failover: close the current sessions. Healthy stages are awaited (briefly) so
+        that their slots are free for the new chain; the failed stage is closed in the background."""
+        hops, sid = self.hops, self.session_id
+        self.hops = []
+        healthy = [h for h in hops if h.server != failed]
+        _spawn(self._close([h for h in hops if h.server == failed], sid))
+        try:
+            await asyncio.wait_for(self._close(healthy, sid), timeout=CLOSE_WAIT_S)
+        except TimeoutError:
+            log.info(
+                "closing request %s on %s took over %s s", self.request_id, healthy, CLOSE_WAIT_S
+            )
+
+    def close_soon(self) -> None:
+        """Close every session on its own task (survives the caller's cancellation)."""
+        if self.closed:
+            return
+        self.closed = True
+        _spawn(self._close(self.hops, self.session_id))
+
+    async def _close(self, hops: list[Hop], sid: str) -> None:
+        async def one(hop: Hop) -> None:
+            try:
+                await self.chains.client(hop.server).close(sid)
+            except Exception as exc:  # the worker expires it anyway; say so and move on
+                log.info("closing %s on %s failed: %s", sid, hop.server, exc)
+            finally:
+                self.chains.closed(hop.server, sid)
+
+        await asyncio.gather(*(one(h) for h in hops))
+
+
+def _spawn(coro: object) -> None:
+    task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+    _background.add(task)
+    task.add_done_callback(_background.discard)
