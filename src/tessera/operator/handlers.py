@@ -1,20 +1,27 @@
 """kopf handlers: thin. Every trigger ends in `run()`, which maps errors in one place.
 
-Triggers: the LLMDeployment itself (create, spec update, operator resume, a slow resync timer),
-a relevant Node change (labels, readiness, cordon, taints, allocatable GPUs: heartbeats are
-ignored), and a stage or router Deployment changing readiness. Passes for one LLMDeployment are
-serialised, and a burst of triggers collapses into one pass that reads the latest state.
+Triggers: the LLMDeployment itself (create, spec update, operator resume), a relevant Node
+change (labels, readiness, cordon, taints, allocatable GPUs: heartbeats are ignored), a stage or
+router Deployment changing readiness, and one operator-wide resync loop (every LLMDeployment
+every TESSERA_RESYNC_SECONDS; one waiting for its API key Secret every
+TESSERA_RECHECK_SECONDS). The loop is not a kopf timer on purpose: kopf puts its finalizer on
+every object that has a timer or daemon, and then a CR cannot be deleted while the operator is
+down. Without one, deletion is plain garbage collection through owner references.
+Passes for one LLMDeployment are serialised, and a burst of triggers collapses into one pass
+that reads the latest state.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime
 import logging
 import os
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import kopf
 import kubernetes
@@ -23,13 +30,24 @@ from kubernetes.client.exceptions import ApiException
 from tessera.api.crd import GROUP, PLURAL, VERSION
 from tessera.errors import Infeasible, InvalidInput
 
-from . import inventory, manifests
+from . import inventory, manifests, status
 from .kube import Kube
-from .reconcile import PlanCache, Settings, is_ready, parse_spec, reconcile, report_failure
+from .reconcile import (
+    PlanCache,
+    Settings,
+    TokenMemo,
+    is_ready,
+    parse_spec,
+    reconcile,
+    report_failure,
+)
 
 log = logging.getLogger("tessera.operator")
-RESYNC_S = float(os.environ.get("TESSERA_RESYNC_SECONDS", "60"))
 RETRY_S = 2.0
+
+
+def _seconds(var: str, default: float) -> float:
+    return float(os.environ.get(var, str(default)))
 
 
 @dataclass
@@ -42,6 +60,9 @@ class _Slot:
 class _State:
     kube: Kube | None = None
     cache: PlanCache = field(default_factory=PlanCache)
+    tokens: TokenMemo = field(default_factory=TokenMemo)
+    soon: set[tuple[str, str]] = field(default_factory=set)  # re-check at the next tick
+    resync_task: asyncio.Task[None] | None = None
     slots: dict[tuple[str, str], _Slot] = field(default_factory=dict)
     nodes: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     children: dict[tuple[str, str], bool] = field(default_factory=dict)
@@ -90,6 +111,54 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         STATE.nodes.clear()
         STATE.children.clear()
         STATE.slots.clear()
+        STATE.soon.clear()
+        STATE.tokens = TokenMemo()
+
+
+@kopf.on.startup()
+async def start_resync(**_: Any) -> None:
+    STATE.resync_task = asyncio.create_task(_resync_loop())
+
+
+@kopf.on.cleanup()
+async def stop_resync(**_: Any) -> None:
+    task, STATE.resync_task = STATE.resync_task, None
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _resync_loop() -> None:
+    loop = asyncio.get_running_loop()
+    resync_s = _seconds("TESSERA_RESYNC_SECONDS", 60.0)
+    tick_s = min(_seconds("TESSERA_RECHECK_SECONDS", 10.0), resync_s)
+    last_full = loop.time()
+    while True:
+        await asyncio.sleep(tick_s)
+        full = loop.time() - last_full >= resync_s - tick_s / 2
+        if full:
+            last_full = loop.time()
+        with STATE.guard:
+            keys, STATE.soon = STATE.soon, set()
+        try:
+            await loop.run_in_executor(None, _resync, keys, full)
+        except ApiException as exc:  # the API server is away: the next tick tries again
+            log.warning("resync failed: API %s %s", exc.status, exc.reason)
+            with STATE.guard:
+                STATE.soon |= keys
+        except Exception:  # a bug must not end the loop (and with it every resync) silently
+            log.exception("resync failed")
+
+
+def _resync(keys: set[tuple[str, str]], full: bool) -> None:
+    if full:
+        for cr in _kube().list_llmds():
+            md = cr["metadata"]
+            keys.add((md["namespace"], md["name"]))
+            STATE.tokens.forget(md["uid"])  # re-create the worker token if someone deleted it
+    for namespace, name in sorted(keys):
+        _run_quietly(namespace, name)
 
 
 def run(namespace: str, name: str) -> None:
@@ -108,15 +177,20 @@ def run(namespace: str, name: str) -> None:
             return
 
         def emit(type_: str, reason: str, message: str) -> None:
-            kopf.event(
-                kopf.Body(cast(kopf.RawBody, body)),
-                type=type_,
-                reason=reason,
-                message=message[:1000],
-            )
+            try:
+                kube.event(body, type_, reason, message)
+            except ApiException as exc:  # an Event is a courtesy; the status says it all
+                log.warning(
+                    "event %s for %s/%s not posted: API %s", reason, namespace, name, exc.status
+                )
 
         try:
-            reconcile(kube, body, settings_from_env(), STATE.cache, _now(), emit)
+            new_status = reconcile(
+                kube, body, settings_from_env(), STATE.cache, _now(), emit, STATE.tokens
+            )
+            if status.waiting_for_keys(new_status):
+                with STATE.guard:
+                    STATE.soon.add((namespace, name))
         except InvalidInput as exc:
             report_failure(kube, body, "InvalidSpec", str(exc), _now())
             emit("Warning", "InvalidSpec", str(exc))
@@ -150,11 +224,6 @@ def _run_quietly(namespace: str, name: str) -> None:
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
 def on_llmdeployment(namespace: str | None, name: str, **_: Any) -> None:
     run(namespace or "default", name)
-
-
-@kopf.timer(GROUP, VERSION, PLURAL, interval=RESYNC_S, initial_delay=RESYNC_S, idle=RESYNC_S)
-def resync(namespace: str | None, name: str, **_: Any) -> None:
-    _run_quietly(namespace or "default", name)
 
 
 def _selected_by(node_labels: Mapping[str, str]) -> list[tuple[str, str]]:

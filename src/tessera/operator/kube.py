@@ -7,7 +7,9 @@ Label selectors are sent to the server and also re-checked here.
 
 from __future__ import annotations
 
+import datetime
 import json
+import secrets
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,6 +21,7 @@ from tessera.api.crd import GROUP, PLURAL, VERSION
 from .manifests import DEPLOYMENT_LABEL, HASH_ANNOTATION
 
 MERGE = "application/merge-patch+json"
+EVENT_SOURCE = "tessera-operator"
 
 
 def _json(response: Any) -> Any:
@@ -41,6 +44,7 @@ class Kube:
         self.core = kubernetes.client.CoreV1Api(self.client)
         self.apps = kubernetes.client.AppsV1Api(self.client)
         self.custom = kubernetes.client.CustomObjectsApi(self.client)
+        self.net = kubernetes.client.NetworkingV1Api(self.client)
 
     # ---- reads ----
     def list_nodes(self) -> list[dict[str, Any]]:
@@ -66,14 +70,27 @@ class Kube:
         items: list[dict[str, Any]] = _json(resp)["items"]
         return items
 
+    def secret_keys(self, namespace: str, name: str) -> frozenset[str] | None:
+        """The data keys of a Secret (never its values), or None when it does not exist."""
+        try:
+            resp = self.core.read_namespaced_secret(name, namespace, _preload_content=False)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        body = _json(resp)
+        return frozenset((body.get("data") or {}) | (body.get("stringData") or {}))
+
     def children(self, namespace: str, owner: str) -> dict[str, list[dict[str, Any]]]:
-        """Deployments, Services and ConfigMaps labelled as this LLMDeployment's."""
+        """Deployments, Services, ConfigMaps and NetworkPolicies labelled as this LLMDeployment's.
+        (Secrets are not listed: that would need the right to read every Secret's data.)"""
         wanted = {DEPLOYMENT_LABEL: owner}
         selector = f"{DEPLOYMENT_LABEL}={owner}"
         calls = {
             "Deployment": self.apps.list_namespaced_deployment,
             "Service": self.core.list_namespaced_service,
             "ConfigMap": self.core.list_namespaced_config_map,
+            "NetworkPolicy": self.net.list_namespaced_network_policy,
         }
         out: dict[str, list[dict[str, Any]]] = {}
         for kind, call in calls.items():
@@ -101,6 +118,16 @@ class Kube:
         self._patch(kind, ns, name, obj)
         return True
 
+    def create_once(self, obj: dict[str, Any]) -> bool:
+        """Create an object that is never rewritten (the worker token). False: it existed."""
+        try:
+            self._create(obj["kind"], obj["metadata"]["namespace"], obj)
+        except ApiException as exc:
+            if exc.status == 409:
+                return False
+            raise
+        return True
+
     def _create(self, kind: str, ns: str, obj: dict[str, Any]) -> None:
         resp: Any
         if kind == "Deployment":
@@ -109,6 +136,10 @@ class Kube:
             resp = self.core.create_namespaced_service(ns, obj, _preload_content=False)  # type: ignore[arg-type]
         elif kind == "ConfigMap":
             resp = self.core.create_namespaced_config_map(ns, obj, _preload_content=False)  # type: ignore[arg-type]
+        elif kind == "NetworkPolicy":
+            resp = self.net.create_namespaced_network_policy(ns, obj, _preload_content=False)  # type: ignore[arg-type]
+        elif kind == "Secret":
+            resp = self.core.create_namespaced_secret(ns, obj, _preload_content=False)  # type: ignore[arg-type]
         else:
             raise ValueError(f"cannot create {kind}")
         _drain(resp)
@@ -122,6 +153,8 @@ class Kube:
             resp = self.core.patch_namespaced_service(name, ns, obj, **kw)
         elif kind == "ConfigMap":
             resp = self.core.patch_namespaced_config_map(name, ns, obj, **kw)
+        elif kind == "NetworkPolicy":
+            resp = self.net.patch_namespaced_network_policy(name, ns, obj, **kw)
         else:
             raise ValueError(f"cannot patch {kind}")
         _drain(resp)
@@ -131,12 +164,41 @@ class Kube:
             "Deployment": self.apps.delete_namespaced_deployment,
             "Service": self.core.delete_namespaced_service,
             "ConfigMap": self.core.delete_namespaced_config_map,
+            "NetworkPolicy": self.net.delete_namespaced_network_policy,
         }
         try:
             _drain(calls[kind](name, ns, _preload_content=False))
         except ApiException as exc:
             if exc.status != 404:
                 raise
+
+    def event(self, regarding: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+        """A core/v1 Event about an object (posted here, not by kopf: this also works from the
+        resync loop, outside any kopf handler)."""
+        md = regarding["metadata"]
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = {
+            "metadata": {
+                "name": f"{md['name']}.{secrets.token_hex(8)}",
+                "namespace": md["namespace"],
+            },
+            "involvedObject": {
+                "apiVersion": regarding.get("apiVersion", f"{GROUP}/{VERSION}"),
+                "kind": regarding.get("kind", "LLMDeployment"),
+                "name": md["name"],
+                "namespace": md["namespace"],
+                "uid": md.get("uid"),
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1000],
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+            "source": {"component": EVENT_SOURCE},
+            "reportingComponent": EVENT_SOURCE,
+        }
+        _drain(self.core.create_namespaced_event(md["namespace"], body, _preload_content=False))  # type: ignore[arg-type]
 
     def patch_status(self, ns: str, name: str, status: dict[str, Any]) -> None:
         resp = self.custom.patch_namespaced_custom_object_status(

@@ -2,12 +2,16 @@
 
 Every object carries an owner reference to its LLMDeployment (deletion is Kubernetes' garbage
 collection, no finalizer) and the labels `app.kubernetes.io/*` and `tessera.dev/deployment`.
-Each builder is one small function so that more objects (Secrets, NetworkPolicies) slot in.
-The command lines are the contract with `tessera worker` and `tessera router`.
+Each builder is one small function. The command lines are the contract with `tessera worker`
+and `tessera router`. Every pod runs non-root with a read-only root filesystem, no privilege
+escalation, no capabilities and the RuntimeDefault seccomp profile; its writable paths (/tmp,
+the model conversion cache) are emptyDir volumes. Secrets are mounted as volumes (not env, not
+subPath) so that the router sees a rotated API key file without a restart.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
@@ -15,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tessera.api.crd import GROUP, KIND, VERSION, LLMDeploymentSpec
+from tessera.api.crd import GROUP, KIND, VERSION, IngressPeer, LLMDeploymentSpec
 from tessera.placement import Plan, Problem, plan_to_dict, problem_to_dict
 
 from .inventory import ServerInfo
@@ -24,6 +28,13 @@ WORKER_PORT = 8001
 ROUTER_PORT = 8000
 MODEL_MOUNT = "/models"
 PLAN_MOUNT = "/etc/tessera"
+CACHE_MOUNT = "/var/cache/tessera"  # TESSERA_CACHE: where a packaged model is converted once
+TOKEN_MOUNT = "/var/run/secrets/tessera/worker-token"
+TOKEN_KEY = "token"
+TOKEN_FILE = f"{TOKEN_MOUNT}/{TOKEN_KEY}"
+API_KEYS_MOUNT = "/var/run/secrets/tessera/api-keys"
+API_KEYS_FILE = f"{API_KEYS_MOUNT}/keys"
+SECRET_MODE = 0o440  # owner root, group fsGroup (the pod's user): read only
 RUN_AS_USER = 10001
 MANAGED_BY = "tessera-operator"
 DEPLOYMENT_LABEL = f"{GROUP}/deployment"
@@ -70,6 +81,10 @@ def router_name(owner: Owner) -> str:
 
 def plan_name(owner: Owner) -> str:
     return dns_name(owner.name, "plan")
+
+
+def worker_token_name(owner: Owner) -> str:
+    return dns_name(owner.name, "worker-token")
 
 
 def endpoint(owner: Owner) -> str:
@@ -140,10 +155,29 @@ def model_volumes(spec: LLMDeploymentSpec, pull_policy: str) -> list[dict[str, A
 
 
 def _mounts(spec: LLMDeploymentSpec) -> list[dict[str, Any]]:
-    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
+    mounts: list[dict[str, Any]] = [
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "cache", "mountPath": CACHE_MOUNT},
+        {"name": "worker-token", "mountPath": TOKEN_MOUNT, "readOnly": True},
+    ]
     if spec.model.source.package is None:
         mounts.append({"name": "model", "mountPath": MODEL_MOUNT, "readOnly": True})
     return mounts
+
+
+def _volumes(owner: Owner, spec: LLMDeploymentSpec, pull_policy: str) -> list[dict[str, Any]]:
+    """The writable scratch space, the worker token and the weights, for every pod."""
+    token = {
+        "secretName": worker_token_name(owner),
+        "items": [{"key": TOKEN_KEY, "path": TOKEN_KEY}],
+        "defaultMode": SECRET_MODE,
+    }
+    return [
+        {"name": "tmp", "emptyDir": {}},
+        {"name": "cache", "emptyDir": {}},
+        {"name": "worker-token", "secret": token},
+        *model_volumes(spec, pull_policy),
+    ]
 
 
 def _pod_security() -> dict[str, Any]:
@@ -162,12 +196,14 @@ def _container_security() -> dict[str, Any]:
         "readOnlyRootFilesystem": True,
         "runAsNonRoot": True,
         "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
     }
 
 
 def _env() -> list[dict[str, str]]:
     return [
         {"name": "HOME", "value": "/tmp"},
+        {"name": "TESSERA_CACHE", "value": CACHE_MOUNT},
         {"name": "HF_HUB_OFFLINE", "value": "1"},
         {"name": "TRANSFORMERS_OFFLINE", "value": "1"},
     ]
@@ -197,6 +233,7 @@ def worker_args(
         "--port", str(WORKER_PORT),
         "--max-length", str(w.max_input_tokens + w.max_output_tokens),
         "--dtype", spec.model.dtype,
+        "--token-file", TOKEN_FILE,
     ]  # fmt: skip
 
 
@@ -260,10 +297,7 @@ def stage_deployment(
                         },
                         "tolerations": tolerations,
                         "containers": [container],
-                        "volumes": [
-                            {"name": "tmp", "emptyDir": {}},
-                            *model_volumes(spec, images.pull_policy),
-                        ],
+                        "volumes": _volumes(owner, spec, images.pull_policy),
                     },
                 },
             },
@@ -336,8 +370,25 @@ def router_deployment(
         "--tokenizer", model_path(spec),
         "--host", "0.0.0.0",
         "--port", str(ROUTER_PORT),
+        "--worker-token-file", TOKEN_FILE,
     ]  # fmt: skip
     mounts = [*_mounts(spec), {"name": "plan", "mountPath": PLAN_MOUNT, "readOnly": True}]
+    volumes = [
+        *_volumes(owner, spec, images.pull_policy),
+        {"name": "plan", "configMap": {"name": plan_name(owner)}},
+    ]
+    key_secret = spec.router.api_key_secret
+    if key_secret is not None:
+        # Not optional: without its keys the router does not start (it never runs open by mistake).
+        args += ["--api-keys-file", API_KEYS_FILE]
+        mounts.append({"name": "api-keys", "mountPath": API_KEYS_MOUNT, "readOnly": True})
+        items = [{"key": spec.router.api_key_secret_key, "path": "keys"}]
+        volumes.append(
+            {
+                "name": "api-keys",
+                "secret": {"secretName": key_secret, "items": items, "defaultMode": SECRET_MODE},
+            }
+        )
     zone_term = {"matchExpressions": [{"key": zone_label, "operator": "In", "values": [zone]}]}
     pod_labels = labels(owner, "router")
     return with_hash(
@@ -399,11 +450,7 @@ def router_deployment(
                                 "volumeMounts": mounts,
                             }
                         ],
-                        "volumes": [
-                            {"name": "tmp", "emptyDir": {}},
-                            {"name": "plan", "configMap": {"name": plan_name(owner)}},
-                            *model_volumes(spec, images.pull_policy),
-                        ],
+                        "volumes": volumes,
                     },
                 },
             },
@@ -431,3 +478,68 @@ def router_service(owner: Owner) -> dict[str, Any]:
             },
         }
     )
+
+
+def worker_token_secret(owner: Owner, token: str) -> dict[str, Any]:
+    """The per-deployment token of the router-to-worker hop. Created once, never rewritten."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _metadata(owner, worker_token_name(owner), "worker-token"),
+        "type": "Opaque",
+        "immutable": True,
+        "data": {TOKEN_KEY: base64.b64encode(token.encode()).decode()},
+    }
+
+
+def _peer(p: IngressPeer) -> dict[str, Any]:
+    if p.cidr is not None:
+        return {"ipBlock": {"cidr": p.cidr}}
+    out: dict[str, Any] = {}
+    for key, sel in (("namespaceSelector", p.namespace_selector), ("podSelector", p.pod_selector)):
+        if sel is not None:
+            out[key] = sel.model_dump(by_alias=True, exclude_defaults=True)
+    return out
+
+
+def stage_network_policy(owner: Owner, spec: LLMDeploymentSpec) -> dict[str, Any]:
+    """Stage pods accept connections on the worker port from this deployment's router only
+    (plus `spec.networkPolicy.stagesFrom`). Kubelet probes come from the node, which most CNIs
+    do not filter."""
+    router = {"podSelector": {"matchLabels": _component_selector(owner, "router")}}
+    peers = [router, *(_peer(p) for p in spec.network_policy.stages_from)]
+    return with_hash(
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": _metadata(owner, dns_name(owner.name, "stages"), "stage"),
+            "spec": {
+                "podSelector": {"matchLabels": _component_selector(owner, "stage")},
+                "policyTypes": ["Ingress"],
+                "ingress": [{"from": peers, "ports": [{"protocol": "TCP", "port": WORKER_PORT}]}],
+            },
+        }
+    )
+
+
+def router_network_policy(owner: Owner, spec: LLMDeploymentSpec) -> dict[str, Any]:
+    """The router accepts connections on its port only: from anyone, or `routerFrom`."""
+    rule: dict[str, Any] = {"ports": [{"protocol": "TCP", "port": ROUTER_PORT}]}
+    if spec.network_policy.router_from:
+        rule["from"] = [_peer(p) for p in spec.network_policy.router_from]
+    return with_hash(
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": _metadata(owner, dns_name(owner.name, "router"), "router"),
+            "spec": {
+                "podSelector": {"matchLabels": _component_selector(owner, "router")},
+                "policyTypes": ["Ingress"],
+                "ingress": [rule],
+            },
+        }
+    )
+
+
+def _component_selector(owner: Owner, component: str) -> dict[str, str]:
+    return {DEPLOYMENT_LABEL: owner.name, "app.kubernetes.io/component": component}

@@ -8,6 +8,7 @@ mapped in `handlers.py`; this module raises tessera.errors and lets API errors t
 from __future__ import annotations
 
 import json
+import secrets
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -27,13 +28,28 @@ EventSink = Callable[[str, str, str], None]  # (type Normal|Warning, reason, mes
 CACHE_SIZE = 64
 
 
+MAX_ERRORS = 5
+
+
+def field_path(loc: tuple[int | str, ...]) -> str:
+    """A pydantic error location as the user wrote it: spec.nodePool.classes[0].memoryBytes."""
+    out = "spec"
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
+
+
 def parse_spec(raw: Any) -> LLMDeploymentSpec:
+    """The spec, or InvalidInput naming the first bad field (and the others in the message)."""
     try:
-        return LLMDeploymentSpec.model_validate(raw)
+        return LLMDeploymentSpec.model_validate(raw if raw is not None else {})
     except ValidationError as exc:
-        err = exc.errors()[0]
-        field = "spec." + ".".join(str(p) for p in err["loc"]) if err["loc"] else "spec"
-        raise InvalidInput(field, err["msg"]) from None
+        errors = exc.errors()
+        msgs = [f"{field_path(e['loc'])}: {e['msg'].removeprefix('Value error, ')}" for e in errors]
+        first, _, first_msg = msgs[0].partition(": ")
+        more = msgs[1:MAX_ERRORS]
+        extra = f" (more than {MAX_ERRORS} errors)" if len(msgs) > MAX_ERRORS else ""
+        raise InvalidInput(first, "; ".join([first_msg, *more]) + extra) from None
 
 
 class PlanCache:
@@ -64,6 +80,36 @@ class Settings:
     images: manifests.Images
 
 
+class TokenMemo:
+    """LLMDeployment uids whose worker-token Secret is known to exist: one create per operator
+    start (or per full resync, which forgets), not one per pass."""
+
+    def __init__(self) -> None:
+        self._uids: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __contains__(self, uid: object) -> bool:
+        with self._lock:
+            return uid in self._uids
+
+    def add(self, uid: str) -> None:
+        with self._lock:
+            self._uids.add(uid)
+
+    def forget(self, uid: str) -> None:
+        with self._lock:
+            self._uids.discard(uid)
+
+
+def ensure_worker_token(kube: Kube, owner: manifests.Owner, memo: TokenMemo) -> None:
+    """Create `<name>-worker-token` once. An existing one is kept as it is (never rotated), so
+    running stages and the router keep agreeing after a re-plan or an operator restart."""
+    if owner.uid in memo:
+        return
+    kube.create_once(manifests.worker_token_secret(owner, secrets.token_urlsafe(32)))
+    memo.add(owner.uid)
+
+
 def is_ready(dep: Mapping[str, Any]) -> bool:
     st = dep.get("status") or {}
     gen = dep.get("metadata", {}).get("generation")
@@ -85,6 +131,7 @@ def reconcile(
     cache: PlanCache,
     now: str,
     emit: EventSink,
+    tokens: TokenMemo | None = None,
 ) -> dict[str, Any]:
     """Bring the children in line with the spec and the nodes; return the status written."""
     meta = body["metadata"]
@@ -99,6 +146,10 @@ def reconcile(
     if not fresh.feasible:
         raise Infeasible(fresh.reason or "the pool cannot hold the model")
 
+    ensure_worker_token(kube, owner, tokens if tokens is not None else TokenMemo())
+    key_secret = spec.router.api_key_secret
+    found = None if key_secret is None else kube.secret_keys(owner.namespace, key_secret)
+    keys = status.check_api_keys(key_secret, spec.router.api_key_secret_key, owner.namespace, found)
     children = kube.children(owner.namespace, owner.name)
     existing = {(k, o["metadata"]["name"]): o for k, objs in children.items() for o in objs}
     stages: dict[str, Mapping[str, Any]] = {}
@@ -148,13 +199,16 @@ def reconcile(
         manifests.router_deployment(owner, spec, images, plan_hash, net.zone_label, inv.router_zone)
     )
     desired.append(manifests.router_service(owner))
+    if spec.network_policy.enabled:
+        desired.append(manifests.stage_network_policy(owner, spec))
+        desired.append(manifests.router_network_policy(owner, spec))
 
     # Start new stages before anything is removed.
     for obj in desired:
         kube.apply(obj, existing.get((obj["kind"], obj["metadata"]["name"])))
     keep = {(o["kind"], o["metadata"]["name"]) for o in desired}
     for kind, name in sorted(existing):
-        if (kind, name) not in keep and kind in ("Deployment", "Service"):
+        if (kind, name) not in keep and kind in ("Deployment", "Service", "NetworkPolicy"):
             kube.delete(kind, owner.namespace, name)
 
     if decision.moved:
@@ -170,8 +224,23 @@ def reconcile(
         endpoint=manifests.endpoint(owner),
         decision=decision.reason,
         moved=decision.moved,
+        keys=keys,
     )
     new_status = status.compute(obs, previous, now)
+    old_reason = next(
+        (
+            c.get("reason")
+            for c in previous.get("conditions") or []
+            if c.get("type") == "Authenticated"
+        ),
+        None,
+    )
+    if not keys.ok and old_reason != keys.reason:  # once per change, not per pass
+        emit(
+            "Warning",
+            "OpenEndpoint" if keys.reason == "NoApiKeySecret" else keys.reason,
+            keys.message,
+        )
     if _differs(previous, new_status):
         kube.patch_status(owner.namespace, owner.name, new_status)
     return new_status

@@ -14,6 +14,47 @@ from .rollout import covers
 
 
 @dataclass(frozen=True)
+class KeyCheck:
+    """The router's API keys as the operator found them (condition `Authenticated`)."""
+
+    ok: bool
+    reason: str  # ApiKeys, NoApiKeySecret (open), SecretNotFound, KeyNotFound
+    message: str
+
+    @property
+    def blocking(self) -> bool:
+        """The router cannot start until the user creates the Secret or the key."""
+        return self.reason in ("SecretNotFound", "KeyNotFound")
+
+
+def check_api_keys(
+    secret: str | None, key: str, namespace: str, found: frozenset[str] | None
+) -> KeyCheck:
+    """`found`: the data keys of the Secret named in spec.router.apiKeySecret (None: missing)."""
+    if secret is None:
+        return KeyCheck(
+            False,
+            "NoApiKeySecret",
+            "spec.router.apiKeySecret is not set: the router accepts requests without a key",
+        )
+    if found is None:
+        return KeyCheck(
+            False,
+            "SecretNotFound",
+            f'spec.router.apiKeySecret: Secret "{secret}" not found in namespace "{namespace}"; '
+            "the router waits for it (it never starts without its keys)",
+        )
+    if key not in found:
+        return KeyCheck(
+            False,
+            "KeyNotFound",
+            f'spec.router.apiKeySecretKey: Secret "{secret}" has no key "{key}"; '
+            "the router waits for it (it never starts without its keys)",
+        )
+    return KeyCheck(True, "ApiKeys", f'client API keys from Secret "{secret}", key "{key}"')
+
+
+@dataclass(frozen=True)
 class Observed:
     """What one reconcile pass found and decided."""
 
@@ -26,6 +67,7 @@ class Observed:
     endpoint: str
     decision: str
     moved: bool  # this pass adopted a new plan (its stages are starting)
+    keys: KeyCheck
 
 
 def _condition(
@@ -37,6 +79,12 @@ def _condition(
     return Condition(
         type=type_, status=status, reason=reason, message=message, last_transition_time=since
     )
+
+
+def _was_serving(previous: Mapping[str, Any]) -> bool:
+    """Ready before, or Degraded after being Ready (not Degraded only for want of API keys)."""
+    phase = previous.get("phase")
+    return phase == "Ready" or (phase == "Degraded" and not waiting_for_keys(previous))
 
 
 def compute(obs: Observed, previous: Mapping[str, Any], now: str) -> dict[str, Any]:
@@ -52,10 +100,13 @@ def compute(obs: Observed, previous: Mapping[str, Any], now: str) -> dict[str, A
     phase: Phase
     if all_ready and rolled_out:
         phase = "Ready"
-    elif previous.get("phase") in ("Ready", "Degraded") and rolled_out and not obs.moved:
+    elif _was_serving(previous) and rolled_out and not obs.moved:
         phase = "Degraded"
     else:
         phase = "Deploying"
+    message = f"{len(ready_in_plan)}/{len(in_plan)} stages ready; {obs.decision}"
+    if obs.keys.blocking:
+        phase, message = "Degraded", f"{obs.keys.message}; {message}"
     stages = []
     for p in target.placement:
         info = obs.inventory.server(p.server)
@@ -78,7 +129,6 @@ def compute(obs: Observed, previous: Mapping[str, Any], now: str) -> dict[str, A
         concurrent_requests=target.stats.get("concurrent_requests"),
         stages=stages,
     )
-    message = f"{len(ready_in_plan)}/{len(in_plan)} stages ready; {obs.decision}"
     conditions = [
         _condition(conds, "Planned", True, "PlanFound", obs.decision, now),
         _condition(
@@ -97,6 +147,7 @@ def compute(obs: Observed, previous: Mapping[str, Any], now: str) -> dict[str, A
             "ready stages cover every block" if serving else "some blocks have no ready stage",
             now,
         ),
+        _condition(conds, "Authenticated", obs.keys.ok, obs.keys.reason, obs.keys.message, now),
         _condition(conds, "Ready", phase == "Ready", phase, message, now),
     ]
     status = LLMDeploymentStatus(
@@ -143,3 +194,11 @@ def planning(previous: Mapping[str, Any], generation: int | None, now: str) -> d
         conditions=[_condition(conds, "Planned", False, "Planning", "solving", now)],
     )
     return status.model_dump(by_alias=True, exclude_none=True)
+
+
+def waiting_for_keys(status: Mapping[str, Any]) -> bool:
+    """The router waits for its API key Secret (the operator re-checks it soon)."""
+    return any(
+        c.get("type") == "Authenticated" and c.get("reason") in ("SecretNotFound", "KeyNotFound")
+        for c in status.get("conditions") or []
+    )

@@ -128,6 +128,22 @@ class Cluster:
             if (c.metadata.labels or {}).get("tessera.dev/deployment") == owner
         }
 
+    def network_policies(self, owner: str) -> dict[str, Any]:
+        items = kubernetes.client.NetworkingV1Api().list_namespaced_network_policy(NS).items
+        return {
+            p.metadata.name: p
+            for p in items
+            if (p.metadata.labels or {}).get("tessera.dev/deployment") == owner
+        }
+
+    def secret(self, name: str) -> Any:
+        try:
+            return self.core.read_namespaced_secret(name, NS)
+        except kubernetes.client.exceptions.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
     def mark_ready(self, owner: str) -> None:
         """Play the kubelet and the Deployment controller: every child Deployment is ready."""
         for name, dep in self.deployments(owner).items():
@@ -155,6 +171,7 @@ def cluster(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> Iterator
         monkeypatch.setenv("KUBECONFIG", str(cfg))
         monkeypatch.setattr(kubernetes.config.kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(cfg))
         monkeypatch.setenv("TESSERA_RESYNC_SECONDS", "3600")
+        monkeypatch.setenv("TESSERA_RECHECK_SECONDS", "0.3")
         kubernetes.config.load_kube_config(config_file=str(cfg))
         crd = yaml.safe_load(CRD_PATH.read_text())
         kubernetes.client.ApiextensionsV1Api().create_custom_resource_definition(crd)
