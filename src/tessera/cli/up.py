@@ -35,6 +35,14 @@ def run(args: argparse.Namespace) -> int:
     from tessera.worker.convert import ensure_local
 
     cfg = parse_config(load_mapping(args.file))
+    keys = cfg.router.api_keys_file
+    if keys is not None:  # relative to the pool file, like any path in it
+        path = (pathlib.Path(args.file).parent / keys).resolve()
+        if not path.is_file():
+            raise InvalidInput("router.api_keys_file", f"{path} does not exist")
+        cfg = cfg.model_copy(
+            update={"router": cfg.router.model_copy(update={"api_keys_file": str(path)})}
+        )
     model_dir = ensure_local(cfg.model.source)  # convert a packaged model once, before the workers
     run_dir = pathlib.Path(args.run_dir) if args.run_dir else None
     launcher = Launcher(

@@ -10,13 +10,27 @@ speed factor.
 
 from __future__ import annotations
 
+from types import MappingProxyType
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from tessera.errors import InvalidInput
+from tessera.errors import Infeasible, InvalidInput
 from tessera.modelfiles import ModelSizes
-from tessera.placement import Client, Link, ModelSpec, PrefillCost, Problem, Server, Workload
+from tessera.placement import (
+    Client,
+    Link,
+    ModelSpec,
+    Placement,
+    Plan,
+    PrefillCost,
+    Problem,
+    Server,
+    Workload,
+    validate,
+)
+from tessera.placement.cg_bprr import route_clients
+from tessera.placement.perf import predicted_for
 
 CPU_BYTES_PER_S = 6e9  # effective weight streaming rate of one core in a decode step (measured)
 BASE_RTT_S = 0.001  # one loopback HTTP hop, measured (about 0.5-1 ms)
@@ -51,6 +65,11 @@ class NodeIn(_Strict):
     speed_factor: float = Field(default=1.0, ge=1.0)
     delay_s: float = Field(default=0.0, ge=0.0, le=10.0)
     port: int | None = Field(default=None, gt=0, lt=65536)
+    blocks: str | None = Field(
+        default=None,
+        pattern=r"^[0-9]+:[0-9]+$",
+        description="START:END to pin this node's blocks (all nodes or none): no solver",
+    )
 
     @field_validator("memory_bytes", mode="before")
     @classmethod
@@ -62,6 +81,12 @@ class RouterIn(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, gt=0, lt=65536)
     max_wait_s: float = Field(default=10.0, ge=0.0)
+    max_queue: int = Field(default=256, gt=0)
+    down_s: float = Field(default=10.0, ge=0.0)
+    failover_timeout_s: float = Field(default=10.0, gt=0.0)
+    api_keys_file: str | None = Field(
+        default=None, description="file of API keys (relative to this file); none: open"
+    )
 
 
 class LocalConfig(_Strict):
@@ -83,7 +108,39 @@ def parse_config(data: Any) -> LocalConfig:
     names = [n.name for n in cfg.nodes]
     if len(set(names)) != len(names):
         raise InvalidInput("nodes", "node names must be unique")
+    pinned = [n.blocks is not None for n in cfg.nodes]
+    if any(pinned) and not all(pinned):
+        raise InvalidInput("nodes.blocks", "pin the blocks of every node, or of none")
     return cfg
+
+
+def pinned_plan(cfg: LocalConfig, problem: Problem) -> Plan | None:
+    """The plan of a pool whose nodes pin their blocks (routes and predictions filled in), or
+    None when the solver should place them. Raises Infeasible when the pinned layout breaks a
+    rule of the placement (say, no chain covers every block)."""
+    if not cfg.nodes or cfg.nodes[0].blocks is None:
+        return None
+    placement = []
+    for node in cfg.nodes:
+        a, b = (int(x) for x in (node.blocks or "").split(":"))
+        if not 0 <= a < b <= problem.num_blocks:
+            raise InvalidInput(
+                f"nodes.{node.name}.blocks", f"need 0 <= START < END <= {problem.num_blocks}"
+            )
+        placement.append(Placement(node.name, a, b - a))
+    routes, hops = route_clients(problem, tuple(placement))
+    plan = Plan(
+        "pinned",
+        True,
+        tuple(placement),
+        MappingProxyType(routes),
+        predicted_for(problem, hops, None),
+        MappingProxyType({"concurrent_requests": problem.workload.concurrent_requests}),
+    )
+    errors = validate(problem, plan)
+    if errors:
+        raise Infeasible(f"the pinned blocks do not make a valid plan: {'; '.join(errors)}")
+    return plan
 
 
 def build_problem(cfg: LocalConfig, sizes: ModelSizes) -> Problem:

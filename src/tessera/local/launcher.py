@@ -10,7 +10,9 @@ the launcher stops everything and says which child kept dying and where its log 
 from __future__ import annotations
 
 import json
+import os
 import pathlib
+import secrets
 import signal
 import socket
 import subprocess
@@ -27,7 +29,7 @@ from tessera.errors import Infeasible
 from tessera.modelfiles import read_config, sizes
 from tessera.placement import Plan, Problem, plan_to_dict, problem_to_dict, solve
 
-from .config import ROUTER_CLIENT, LocalConfig, build_problem
+from .config import ROUTER_CLIENT, LocalConfig, build_problem, pinned_plan
 
 MAX_DEATHS = 5
 DEATH_WINDOW_S = 120.0
@@ -95,11 +97,12 @@ class Launcher:
         self.out = out
         self.children: list[Child] = []
         self.stopping = False
+        self.token_path = self.run_dir / "worker-token"
 
     # --- plan ---------------------------------------------------------------------------------
     def plan(self) -> tuple[Problem, Plan]:
         problem = build_problem(self.cfg, sizes(read_config(self.model_dir), self.cfg.model.dtype))
-        plan = solve(problem, self.cfg.solver)  # type: ignore[arg-type]
+        plan = pinned_plan(self.cfg, problem) or solve(problem, self.cfg.solver)  # type: ignore[arg-type]
         if not plan.feasible:
             raise Infeasible(f"the virtual pool cannot serve this model: {plan.reason}")
         return problem, plan
@@ -109,6 +112,10 @@ class Launcher:
         (self.run_dir / "problem.json").write_text(json.dumps(problem_to_dict(problem), indent=2))
         (self.run_dir / "plan.json").write_text(json.dumps(plan_to_dict(plan), indent=2))
         (self.run_dir / "endpoints.json").write_text(json.dumps(endpoints, indent=2))
+        # A fresh deployment token per run: the workers refuse calls without it.
+        fd = os.open(self.token_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32) + "\n")
 
     def build_children(self, problem: Problem, plan: Plan) -> None:
         w = problem.workload
@@ -133,6 +140,7 @@ class Launcher:
                 f"--threads={self.cfg.threads_per_worker}",
                 f"--speed-factor={node.speed_factor}",
                 f"--delay-s={node.delay_s}",
+                f"--token-file={self.token_path}",
                 "--log-level=warning",
             ]
             self.children.append(
@@ -150,8 +158,14 @@ class Launcher:
             f"--port={self.port}",
             f"--client={ROUTER_CLIENT}",
             f"--max-wait-s={self.cfg.router.max_wait_s}",
+            f"--max-queue={self.cfg.router.max_queue}",
+            f"--down-s={self.cfg.router.down_s}",
+            f"--failover-timeout-s={self.cfg.router.failover_timeout_s}",
+            f"--worker-token-file={self.token_path}",
             "--log-level=warning",
         ]
+        if self.cfg.router.api_keys_file:
+            router_argv.append(f"--api-keys-file={self.cfg.router.api_keys_file}")
         self.children.append(
             Child(
                 "router",
@@ -222,16 +236,29 @@ class Launcher:
         )
         chains = ", ".join(">".join(c) for c in plan.routes.values())
         self.out(f"ready: {model} on {len(plan.placement)} stages (chain {chains}) at {base}/v1")
+        keyed = self.cfg.router.api_keys_file is not None
+        auth = ' -H "Authorization: Bearer $TESSERA_API_KEY"' if keyed else ""
+        sdk_key = "os.environ['TESSERA_API_KEY']" if keyed else "'unused'"
+        self.out("")
+        if keyed:
+            self.out(f"API keys required (from {self.cfg.router.api_keys_file}):")
+            self.out("export TESSERA_API_KEY=<one of its keys>")
+        else:
+            self.out(
+                "open: no API key needed (to require keys, set router.api_keys_file in the "
+                "pool file to a file with one key per line)"
+            )
         self.out("")
         self.out("try it:")
         self.out(
-            f"curl -s {base}/v1/chat/completions -H 'Content-Type: application/json' -d '{body}'"
+            f"curl -s {base}/v1/chat/completions -H 'Content-Type: application/json'{auth} "
+            f"-d '{body}'"
         )
         self.out("")
         self.out("or with the OpenAI SDK (pip install openai):")
         self.out(
-            'python -c "from openai import OpenAI; '
-            f"c = OpenAI(base_url='{base}/v1', api_key='unused'); "
+            'python -c "import os; from openai import OpenAI; '
+            f"c = OpenAI(base_url='{base}/v1', api_key={sdk_key}); "
             f"r = c.chat.completions.create(model='{model}', max_tokens=32, "
             "messages=[{'role': 'user', 'content': 'What is the capital of France?'}]); "
             'print(r.choices[0].message.content)"'
