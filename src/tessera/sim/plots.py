@@ -34,6 +34,14 @@ POLICY_COLOURS = {
     "petals-opt-number": "#2ca02c",
     "petals-ws-rr": "#9467bd",
 }
+# Distinct dashes too, so that policies with identical results still show as separate lines.
+POLICY_STYLES = {
+    "cg-bprr": "-",
+    "petals": "-",
+    "petals-opt-order": "--",
+    "petals-opt-number": "-.",
+    "petals-ws-rr": ":",
+}
 CLASS_CMAP = plt.get_cmap("Set2")
 SWEEP_LABELS = {
     "servers": "servers",
@@ -92,6 +100,8 @@ def _cdf(ax: Axes, runs: Mapping[str, PolicyRun]) -> None:
             where="post",
             label=name,
             color=POLICY_COLOURS.get(name, "grey"),
+            linestyle=POLICY_STYLES.get(name, "-"),
+            linewidth=2.2 if name == "cg-bprr" else 1.5,
         )
     ax.set_xscale("log")
     ax.set_xlabel("per-token time (s/token, log scale)")
@@ -141,8 +151,10 @@ def runs_png(problem: Problem, runs: Mapping[str, PolicyRun], title: str) -> byt
         _placement(fig.add_subplot(grid[1, 2 * i : 2 * i + 2]), problem, run, colours)
     fig.legend(
         handles=[Patch(color=colours[c], label=c) for c in classes],
-        loc="lower right",
-        title="GPU class",
+        loc="outside lower center",
+        title="GPU class (bars: each server's block range; in brackets: sessions its KV cache "
+        "holds if each uses all its blocks)",
+        ncols=max(len(classes), 1),
         fontsize=8,
     )
     fig.suptitle(title)
@@ -153,13 +165,21 @@ def sweep_png(
     param: str, values: Sequence[float], cells: Sequence[Mapping[str, Summary]], title: str
 ) -> bytes:
     fig, ax = plt.subplots(figsize=(8, 5), layout="constrained")
-    names = list(dict.fromkeys(n for cell in cells for n in cell))
+    seen = {n for cell in cells for n in cell}
+    names = [n for n in POLICY_COLOURS if n in seen] + sorted(seen - set(POLICY_COLOURS))
     for name in names:
         xs = [v for v, c in zip(values, cells, strict=True) if name in c and c[name].completed]
         mean = [c[name].per_token_s for c in cells if name in c and c[name].completed]
         p95 = [c[name].p95_per_token_s for c in cells if name in c and c[name].completed]
         colour = POLICY_COLOURS.get(name, "grey")
-        ax.plot(xs, mean, marker="o", color=colour, label=f"{name} (mean)")
+        ax.plot(
+            xs,
+            mean,
+            marker="o",
+            color=colour,
+            linestyle=POLICY_STYLES.get(name, "-"),
+            label=f"{name} (mean)",
+        )
         ax.plot(xs, p95, linestyle="--", linewidth=1, color=colour, alpha=0.6)
     ax.plot([], [], linestyle="--", color="black", linewidth=1, label="p95 (dashed)")
     ax.set_xlabel(SWEEP_LABELS.get(param, param))
