@@ -3,7 +3,7 @@
 - `runs_png`: per-token time by policy (bars: mean; whiskers: p50 to p95), the CDF of per-token
   time, and the placement of each policy (a row per server, its block range as a bar coloured by
   GPU class).
-- `sweep_png`: mean per-token time of each policy against the swept parameter (p95 dashed).
+- `sweep_png`: mean per-token time of each policy against the swept parameter (p95 thin).
 """
 
 from __future__ import annotations
@@ -180,8 +180,17 @@ def sweep_png(
             linestyle=POLICY_STYLES.get(name, "-"),
             label=f"{name} (mean)",
         )
-        ax.plot(xs, p95, linestyle="--", linewidth=1, color=colour, alpha=0.6)
-    ax.plot([], [], linestyle="--", color="black", linewidth=1, label="p95 (dashed)")
+        ax.plot(xs, p95, marker="^", markersize=4, linewidth=0.8, color=colour, alpha=0.45)
+    ax.plot(
+        [],
+        [],
+        marker="^",
+        markersize=4,
+        color="black",
+        linewidth=0.8,
+        alpha=0.45,
+        label="p95 (thin, triangles)",
+    )
     ax.set_xlabel(SWEEP_LABELS.get(param, param))
     ax.set_ylabel("per-token time (s/token)")
     ax.set_title(title)
