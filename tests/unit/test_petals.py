@@ -49,3 +49,17 @@ def test_weakest_window_first() -> None:
     placed = {x.server: x.start for x in place(p, PetalsParams(), blocks=m, order=list(range(9)))}
     assert placed["a100-0"] == 0
     assert placed["a100-1"] == 20
+
+
+def test_gqa_model_preset_sizes_the_pool_like_petals() -> None:
+    # Llama-70B (8 KV groups): PETALS reserves 16384 tokens per block and 2 GiB x 8192/14336.
+    from tessera.placement.petals import autograd_bytes, cache_bytes_per_block
+
+    with open("examples/problems/mixed-llama70b.yaml") as f:
+        p = problem_from_dict(yaml.safe_load(f))
+    params = PetalsParams.for_problem(p)
+    assert params.attn_cache_tokens == 16384 and params.d_model == 8192
+    assert cache_bytes_per_block(p, params) == 4096 * 16384
+    assert autograd_bytes(p, params) == int(2 * (1 << 30) * 8192 / 14336)
+    # An unknown model keeps the multi-head assumption.
+    assert PetalsParams.for_problem(paper_problem().with_concurrency(1)).attn_cache_tokens == 4096

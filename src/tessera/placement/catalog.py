@@ -30,6 +30,8 @@ class ModelPreset:
     block_bytes: int
     cache_bytes_per_token: int
     params_per_block: int
+    d_model: int = 0  # 0: unknown (PETALS' sizing then assumes multi-head attention)
+    kv_groups: int = 1  # attention heads per KV head (1: multi-head attention)
 
 
 BANDWIDTH_EFFICIENCY = 0.7
@@ -78,11 +80,11 @@ MODELS: dict[str, ModelPreset] = {
     m.name: m
     for m in (
         # NF4 weights as in the paper: 2,466,437,120 params x 4.25/8 bytes x 1.01.
-        ModelPreset("bloom-176b", 70, 1_323_393_024, 57_344, 2_466_437_120),
+        ModelPreset("bloom-176b", 70, 1_323_393_024, 57_344, 2_466_437_120, 14_336),
         # Llama-2/3-70B in bf16: 855,654,400 params per block; GQA with 8 KV heads of 128.
-        ModelPreset("llama-70b", 80, 1_711_308_800, 4_096, 855_654_400),
+        ModelPreset("llama-70b", 80, 1_711_308_800, 4_096, 855_654_400, 8_192, 8),
         # Llama-3-8B in bf16: 218,112,000 params per block; GQA 8 KV heads of 128.
-        ModelPreset("llama-8b", 32, 436_224_000, 4_096, 218_112_000),
+        ModelPreset("llama-8b", 32, 436_224_000, 4_096, 218_112_000, 4_096, 4),
     )
 }
 

@@ -28,13 +28,11 @@ class ChainGraph:
     starts: tuple[int, ...]
     ends: tuple[int, ...]
     kmax: int
-    # one group per distinct end, in increasing order: (end, rows ending there, max blocks in group)
-    groups: tuple[tuple[int, npt.NDArray[np.intp], int], ...]
+    # one group per distinct end, in increasing order: (end, rows ending there, max blocks in
+    # the group, and the boundaries end-1, end-2, ... a hop into the group may start from)
+    groups: tuple[tuple[int, npt.NDArray[np.intp], int, npt.NDArray[np.intp]], ...]
     k: FloatArray  # 1..kmax as floats, for cost building
-
-    @property
-    def blocks(self) -> npt.NDArray[np.int64]:
-        return np.asarray(self.ends, dtype=np.int64) - np.asarray(self.starts, dtype=np.int64)
+    blocks: npt.NDArray[np.int64]  # blocks held by each row
 
 
 def build_graph(num_blocks: int, ranges: Sequence[tuple[int, int, int]]) -> ChainGraph:
@@ -47,12 +45,21 @@ def build_graph(num_blocks: int, ranges: Sequence[tuple[int, int, int]]) -> Chai
     by_end: dict[int, list[int]] = {}
     for row, e in enumerate(ends):
         by_end.setdefault(e, []).append(row)
-    groups = tuple(
-        (e, np.asarray(members, dtype=np.intp), max(ends[r] - starts[r] for r in members))
-        for e, members in sorted(by_end.items())
-    )
+    groups: list[tuple[int, npt.NDArray[np.intp], int, npt.NDArray[np.intp]]] = []
+    for e, members in sorted(by_end.items()):
+        kg = max(ends[r] - starts[r] for r in members)
+        groups.append(
+            (e, np.asarray(members, dtype=np.intp), kg, (e - np.arange(1, kg + 1)).astype(np.intp))
+        )
     return ChainGraph(
-        num_blocks, servers, starts, ends, kmax, groups, np.arange(1, kmax + 1, dtype=np.float64)
+        num_blocks,
+        servers,
+        starts,
+        ends,
+        kmax,
+        tuple(groups),
+        np.arange(1, kmax + 1, dtype=np.float64),
+        np.asarray(ends, dtype=np.int64) - np.asarray(starts, dtype=np.int64),
     )
 
 
@@ -72,9 +79,8 @@ def best_chain(graph: ChainGraph, cost: FloatArray) -> tuple[float, list[tuple[i
     best = np.full(n_blocks + 1, math.inf)
     best[0] = 0.0
     back: dict[int, tuple[int, int]] = {}
-    for end, rows, kg in graph.groups:
-        ks = np.arange(1, kg + 1)
-        cand = cost[rows, :kg] + best[end - ks][None, :]
+    for end, rows, kg, preds in graph.groups:
+        cand = cost[rows, :kg] + best[preds][None, :]
         flat = int(np.argmin(cand))
         value = float(cand.flat[flat])
         if value < best[end]:

@@ -6,8 +6,9 @@ window whose sorted per-block throughput is lexicographically smallest (the weak
 and adds its throughput there. Routing: Dijkstra with PETALS' edge weights (half the RTT plus
 18 ms per hop, plus per-block compute time, and half the RTT back from the last server).
 
-Our problem has no d_model, forward_rps or server-to-server pings, so: d_model is taken as
-cache_bytes_per_token / 4 (K and V in 16 bit, no GQA), forward_rps as 1 / prefill per-token time,
+Our problem has no d_model, forward_rps or server-to-server pings, so: d_model and the KV
+grouping come from the model preset of the same name (catalog.MODELS), else d_model is taken as
+cache_bytes_per_token / 4 (K and V in 16 bit, no GQA); forward_rps is 1 / prefill per-token time,
 network_rps as unbounded, and every hop uses the client's RTT (hub and spoke).
 """
 
@@ -21,6 +22,7 @@ from types import MappingProxyType
 
 import numpy as np
 
+from .catalog import MODELS
 from .model import Placement, Plan, Problem
 from .paths import ChainGraph, FloatArray, best_chain, build_graph, linear_costs
 from .perf import predicted_for
@@ -33,22 +35,36 @@ GIB = 1 << 30
 
 @dataclass(frozen=True)
 class PetalsParams:
-    attn_cache_tokens: int = 4096  # the version the paper replicated; current PETALS uses 8192
     seed: int = 0
+    # The PETALS version the paper replicated reserves 4096 tokens per block for multi-head
+    # attention and 16384 for grouped-query attention (current PETALS: 8192 / 32768).
+    attn_cache_tokens: int = 4096
+    d_model: int = 0  # 0: unknown, estimated from cache_bytes_per_token (multi-head attention)
+
+    @staticmethod
+    def for_problem(problem: Problem, seed: int = 0) -> PetalsParams:
+        """Use the model preset's d_model and KV grouping when the problem names a known model."""
+        preset = MODELS.get(problem.model.name)
+        if preset is None or preset.d_model == 0:
+            return PetalsParams(seed=seed)
+        tokens = 4096 if preset.kv_groups == 1 else 16384
+        return PetalsParams(seed=seed, attn_cache_tokens=tokens, d_model=preset.d_model)
 
 
-def autograd_bytes(problem: Problem) -> int:
-    d_model = problem.model.cache_bytes_per_token / 4
+def autograd_bytes(problem: Problem, params: PetalsParams) -> int:
+    """PETALS keeps 2 GiB x d_model / 14336 for autograd (BLOOM-176B's d_model is 14336)."""
+    d_model = params.d_model or problem.model.cache_bytes_per_token / 4
     return int(2 * GIB * d_model / 14336)
 
 
 def cache_bytes_per_block(problem: Problem, params: PetalsParams) -> int:
+    # cache_bytes_per_token already counts KV heads, so GQA's 1/num_kv_groups is included.
     return problem.model.cache_bytes_per_token * params.attn_cache_tokens
 
 
 def choose_num_blocks(problem: Problem, params: PetalsParams) -> list[int]:
     per_block = problem.model.block_bytes + cache_bytes_per_block(problem, params)
-    reserve = autograd_bytes(problem)
+    reserve = autograd_bytes(problem, params)
     return [
         max(min((s.memory_bytes - reserve) // per_block, problem.num_blocks), 0)
         for s in problem.servers

@@ -53,7 +53,7 @@ def solve(
     if solver == "cg-bprr":
         plan = cg_bprr.solve(problem, concurrency)
     elif solver == "petals":
-        plan = petals.solve(problem, concurrency, petals.PetalsParams(seed=seed))
+        plan = petals.solve(problem, concurrency, petals.PetalsParams.for_problem(problem, seed))
         if plan.feasible:
             # PETALS sizes its KV pool without looking at |R|: say how many sessions its routes really carry.
             held = supported_concurrency(

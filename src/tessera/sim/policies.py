@@ -89,7 +89,7 @@ def build_policy(
         return Policy(
             name, True, plan.placement, MappingProxyType(slots), "ws-rr", False, concurrent_requests
         )
-    params = petals.PetalsParams(seed=petals_seed)
+    params = petals.PetalsParams.for_problem(problem, petals_seed)
     own_blocks = petals.choose_num_blocks(problem, params)
     if name == "petals-opt-number":
         blocks = cg_bprr.conservative_blocks(problem, concurrent_requests)
