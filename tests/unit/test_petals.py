@@ -61,5 +61,5 @@ def test_gqa_model_preset_sizes_the_pool_like_petals() -> None:
     assert params.attn_cache_tokens == 16384 and params.d_model == 8192
     assert cache_bytes_per_block(p, params) == 4096 * 16384
     assert autograd_bytes(p, params) == int(2 * (1 << 30) * 8192 / 14336)
-    # An unknown model keeps the multi-head assumption.
+    # A multi-head model (BLOOM) keeps 4096 tokens.
     assert PetalsParams.for_problem(paper_problem().with_concurrency(1)).attn_cache_tokens == 4096
