@@ -1,11 +1,17 @@
 """Operator latency against the emulated API server (kmock + fixes, tests/integration/k8s).
 
 Measures, with the real operator (KopfRunner) and a pool of 50 GPU nodes:
-- create: LLMDeployment created -> every child (stage Deployments and Services, plan ConfigMap,
-  router Deployment and Service) applied and the status written. Target < 2 s.
+- create: LLMDeployment created -> every child (worker-token Secret, stage Deployments and
+  Services, plan ConfigMap, router Deployment and Service, NetworkPolicies) applied and the
+  status written. Target < 2 s.
 - re-plan: a node holding a stage deleted -> a new plan without it applied. Target < 1 s.
 Baseline, same run: one Deployment POST + GET round trip through the same client and server
 (the API floor); the ratio says how many such round trips each figure costs.
+
+Setups, same run: the headline runs the emulator in its own process (a real API server does not
+share the operator's GIL) with a bounded request history; two comparison rows run it in the
+operator's process, with the bounded history and with kmock's unbounded one (the issue-5 setup:
+kmock scans every past request on each request, so late requests cost tens of milliseconds).
 """
 
 from __future__ import annotations
@@ -79,13 +85,25 @@ def _wait(pred: Callable[[], Any], timeout_s: float = 30.0) -> Any:
     raise TimeoutError("the operator did not finish in time")
 
 
-def _one_run() -> tuple[float, float, float, int]:
+SETUPS = {  # name -> (emulator, repeats)
+    "separate process, bounded history": ("process", REPEATS),
+    "same process, bounded history": ("thread", 1),
+    "same process, unbounded (issue 5)": ("thread-unbounded", 1),
+}
+
+
+def _one_run(emulator: str = "process") -> tuple[float, float, float, int]:
     import kubernetes
     import yaml
-    from k8s_emulator import EmulatorThread, write_kubeconfig
+    from k8s_emulator import EmulatorProcess, EmulatorThread, write_kubeconfig
     from kopf.testing import KopfRunner
 
-    with EmulatorThread() as srv, tempfile.TemporaryDirectory() as tmp:
+    server: EmulatorProcess | EmulatorThread
+    if emulator == "process":
+        server = EmulatorProcess()
+    else:
+        server = EmulatorThread(history=None if emulator == "thread-unbounded" else 16)
+    with server as srv, tempfile.TemporaryDirectory() as tmp:
         cfg = pathlib.Path(tmp) / "kubeconfig"
         write_kubeconfig(cfg, srv.url)
         os.environ["KUBECONFIG"] = str(cfg)
@@ -182,6 +200,9 @@ def _compute_only() -> tuple[float, int]:
     objs.append(manifests.plan_configmap(owner, inv.problem, plan))
     objs.append(manifests.router_deployment(owner, spec, images, "h", "z", "zone-0"))
     objs.append(manifests.router_service(owner))
+    objs.append(manifests.worker_token_secret(owner, "token"))
+    objs.append(manifests.stage_network_policy(owner, spec))
+    objs.append(manifests.router_network_policy(owner, spec))
     return time.perf_counter() - t0, len(objs)
 
 
@@ -190,26 +211,37 @@ def main() -> None:
 
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     logging.getLogger("kopf").setLevel(logging.WARNING)
-    runs = [_one_run() for _ in range(REPEATS)]
-    create = statistics.median(r[0] for r in runs)
-    replan = statistics.median(r[1] for r in runs)
-    base = statistics.median(r[2] for r in runs)
+    results = {}
+    for label, (emulator, repeats) in SETUPS.items():
+        runs = [_one_run(emulator) for _ in range(repeats)]
+        results[label] = (
+            statistics.median(r[0] for r in runs),
+            statistics.median(r[1] for r in runs),
+            statistics.median(r[2] for r in runs),
+            runs[0][3],
+            repeats,
+        )
     compute = [_compute_only() for _ in range(REPEATS)]
     compute_s, writes = statistics.median(c[0] for c in compute), compute[0][1]
-    print(
-        f"pool: {NODES} nodes, {runs[0][3]} stages planned (llama-70b, 16 concurrent); median of {REPEATS}"
-    )
+    head = next(iter(results))
+    create, replan, base, stages, _ = results[head]
+    print(f"pool: {NODES} nodes, {stages} stages planned (llama-70b, 16 concurrent)")
+    print(f"emulator: {head}, median of {REPEATS}")
     print(f"{'figure':<34}{'seconds':>10}{'x API round trip':>18}{'target':>10}{'met':>6}")
     for label, value, target in (
         ("CR created -> all children applied", create, 2.0),
         ("node deleted -> re-plan applied", replan, 1.0),
     ):
-        print(
-            f"{label:<34}{value:>10.3f}{value / base:>18.1f}{target:>10.1f}{'yes' if value < target else 'NO':>6}"
-        )
+        met = "yes" if value < target else "NO"
+        print(f"{label:<34}{value:>10.3f}{value / base:>18.1f}{target:>10.1f}{met:>6}")
     print(f"{'baseline: Deployment POST+GET':<34}{base:>10.4f}{1.0:>18.1f}")
     print(f"{'operator compute only (no API)':<34}{compute_s:>10.3f}{compute_s / base:>18.1f}")
     print(f"objects written on create: {writes}; the rest of the create time is API round trips")
+    print()
+    print("the same figures with other emulator setups (same run; seconds, ratio to the headline)")
+    print(f"{'emulator':<36}{'runs':>5}{'create':>9}{'ratio':>7}{'re-plan':>9}{'ratio':>7}")
+    for label, (c, r, _, _, n) in results.items():
+        print(f"{label:<36}{n:>5}{c:>9.3f}{c / create:>7.2f}{r:>9.3f}{r / replan:>7.2f}")
 
 
 if __name__ == "__main__":

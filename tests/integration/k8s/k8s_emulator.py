@@ -1,10 +1,13 @@
 """An emulated Kubernetes API server for the operator tests (kmock 0.8 + fixes).
 
-From reference/k8s-testing.md (appendix), plus two things the operator tests need:
+From reference/k8s-testing.md (appendix), plus what the operator tests and bench need:
 - metadata.generation grows when a patch touches `spec` (readiness is judged against it);
 - a cascading garbage collector: deleting an object deletes every object whose
   ownerReferences name its uid, as kube-controller-manager does. The operator adds no finalizer
-  and relies on this, so the tests check that owner references are right.
+  and relies on this, so the tests check that owner references are right;
+- a bounded request history (kmock scans all past requests on every request);
+- `EmulatorProcess`: the emulator in a child process (`python k8s_emulator.py`), so that the
+  operator under test does not share its GIL.
 Relies on kmock internals; re-check on any kmock upgrade.
 """
 
@@ -22,12 +25,20 @@ import jsonpatch
 import kmock
 from kmock import action
 
+HISTORY = 16  # > the requests in flight at once
+
 
 class Emulator(kmock.KubernetesEmulator):
     _counter = itertools.count(1)
     _last_rv = 0
+    history: int | None = HISTORY  # None: kmock's unbounded history (only to compare, in bench)
 
     async def _handle(self, request: Any) -> Any:
+        # kmock keeps every request and scans that history on each new one (O(requests served));
+        # keep a short tail (the requests in flight are in it) so a request costs the same at
+        # the 10,000th as at the first, as on a real API server.
+        if self.history is not None and len(self._requests) > 2 * self.history:
+            del self._requests[: -self.history]
         res = request.resource
         if res is not None and request.action in (action.CREATE, action.UPDATE):
             rv = str(next(self._counter))
@@ -187,6 +198,9 @@ class Emulator(kmock.KubernetesEmulator):
 class EmulatorThread:
     """The emulator on its own loop and thread, for the sync KopfRunner and kubernetes client."""
 
+    def __init__(self, history: int | None = HISTORY) -> None:
+        self.history = history
+
     def __enter__(self) -> EmulatorThread:
         self.loop = asyncio.new_event_loop()
         self.ready = threading.Event()
@@ -200,7 +214,9 @@ class EmulatorThread:
 
     async def _main(self) -> None:
         self.stop = asyncio.Event()
-        async with Emulator() as k, kmock.Server(k) as srv:
+        emulator = Emulator()
+        emulator.history = self.history
+        async with emulator as k, kmock.Server(k) as srv:
             k.resources.load_bundled()
             self.kmock, self.url = k, str(srv.url).rstrip("/")
             self.ready.set()
@@ -209,6 +225,49 @@ class EmulatorThread:
     def __exit__(self, *exc: object) -> None:
         self.loop.call_soon_threadsafe(self.stop.set)
         self.thread.join(10)
+
+
+def _serve_until_stdin_closes() -> None:
+    """`python k8s_emulator.py`: print the URL, serve until stdin closes (the parent is done)."""
+    import logging
+    import sys
+
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    with EmulatorThread() as srv:
+        print(srv.url, flush=True)
+        sys.stdin.read()
+
+
+class EmulatorProcess:
+    """The emulator in its own process, so that it does not share a GIL with the operator
+    under test (as a real API server would not). Same `url` as EmulatorThread."""
+
+    def __enter__(self) -> EmulatorProcess:
+        import subprocess
+        import sys
+
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        if self.proc.stdout is None:
+            raise RuntimeError("no pipe to the emulated API server")
+        self.url: str = self.proc.stdout.readline().strip()
+        if not self.url.startswith("http"):
+            self.proc.kill()
+            raise RuntimeError("the emulated API server did not start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(10)
+        except Exception:
+            self.proc.kill()
+            raise
 
 
 def write_kubeconfig(path: Any, url: str) -> None:
@@ -221,3 +280,7 @@ contexts: [{{name: emu, context: {{cluster: emu, user: emu, namespace: default}}
 current-context: emu
 """
     )
+
+
+if __name__ == "__main__":
+    _serve_until_stdin_closes()
