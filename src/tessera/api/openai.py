@@ -6,11 +6,27 @@ validate the ones it uses; the router maps validation errors to 400 bodies namin
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
 
 MAX_STOP_SEQUENCES = 4
+
+
+def _number(value: Any) -> Any:
+    """JSON Schema's numbers: 3 and 3.0 are integers, but "3" and true are not numbers."""
+    if isinstance(value, str | bytes | bool):
+        raise ValueError("must be a JSON number")  # noqa: TRY004 - pydantic wants ValueError
+    return value
+
+
+_NUMBER = BeforeValidator(_number)  # after the constraints, so that the schema keeps them
+Tokens = Annotated[int, Field(ge=1), _NUMBER]
+Temperature = Annotated[float, Field(ge=0.0, le=2.0), _NUMBER]
+TopP = Annotated[float, Field(gt=0.0, le=1.0), _NUMBER]
+OnlyOne = Annotated[int, Field(ge=1, le=1), _NUMBER]
+Seed = Annotated[int, _NUMBER]
+TokenId = Annotated[int, Field(ge=0), _NUMBER]
 
 
 class _In(BaseModel):
@@ -40,18 +56,18 @@ class ChatMessage(_In):
 
 
 class StreamOptions(_In):
-    include_usage: bool = False
+    include_usage: StrictBool = False
 
 
 class _Generate(_In):
     model: str = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    n: int | None = Field(default=None, ge=1)
-    seed: int | None = Field(default=None, ge=-(2**63), lt=2**63)
-    stop: str | list[str] | None = None
-    stream: bool | None = False
+    max_tokens: Tokens | None = None
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    n: OnlyOne | None = Field(default=None, description="only 1 is supported")
+    seed: Seed | None = Field(default=None, description="any integer (used modulo 2**63)")
+    stop: str | Annotated[list[str], Field(max_length=MAX_STOP_SEQUENCES)] | None = None
+    stream: StrictBool | None = False
     stream_options: StreamOptions | None = None
     user: str | None = None
 
@@ -64,12 +80,16 @@ class _Generate(_In):
 
 class ChatCompletionRequest(_Generate):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: Tokens | None = None
 
 
 class CompletionRequest(_Generate):
-    prompt: str | list[str] | list[int]
-    echo: bool | None = False
+    prompt: (
+        Annotated[str, Field(min_length=1)]
+        | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=1)]
+        | Annotated[list[TokenId], Field(min_length=1)]
+    ) = Field(description="text, [text] or token ids; one prompt per request")
+    echo: Literal[False] | None = Field(default=False, description="not supported")
 
 
 class Usage(_Out):

@@ -95,7 +95,13 @@ def build_app(config: RouterConfig) -> FastAPI:
     app = FastAPI(title="tessera router", lifespan=lifespan)
     app.state.tessera = state
     app.add_middleware(Guard, keys=keys, max_body_bytes=config.max_body_bytes)
-    app.openapi = lambda: openapi_schema(app, secured=keys is not None)  # type: ignore[method-assign]
+    app.openapi = lambda: openapi_schema(  # type: ignore[method-assign]
+        app,
+        secured=keys is not None,
+        model=config.model_name,
+        max_output_tokens=w.max_output_tokens,
+        vocab_size=config.tokenizer.vocab_size,
+    )
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -112,9 +118,7 @@ def build_app(config: RouterConfig) -> FastAPI:
         first = exc.errors()[0] if exc.errors() else {}
         loc = [str(p) for p in first.get("loc", ()) if p != "body"]
         # Drop pydantic's union-branch labels (e.g. "str", "list[TextPart]") from the path.
-        param = ".".join(
-            p for p in loc if not any(ch in p for ch in "[]") and p not in ("str", "int")
-        )
+        param = ".".join(p for p in loc if not _union_label(p))
         if first.get("type") == "json_invalid":
             return error_body(
                 400, "the body is not valid JSON", "invalid_request_error", None, "invalid_json"
@@ -135,3 +139,12 @@ def build_app(config: RouterConfig) -> FastAPI:
         return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def _union_label(part: str) -> bool:
+    """pydantic's names of union branches in an error location (not parameter names)."""
+    return (
+        any(ch in part for ch in "[]")
+        or part in ("str", "int", "float", "bool")
+        or (part.startswith(("constrained-", "function-", "literal")))
+    )

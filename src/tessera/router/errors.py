@@ -77,12 +77,45 @@ HEALTH_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def openapi_schema(app: FastAPI, *, secured: bool) -> dict[str, Any]:
-    """FastAPI's document without its 422 answers (this router answers 400 instead), with
-    the bearer-key scheme on /v1 routes when keys are required."""
+def _set_on_integers(prop: dict[str, Any], **bounds: int) -> None:
+    for branch in [prop, *prop.get("anyOf", [])]:
+        if branch.get("type") == "integer":
+            branch.update(bounds)
+        elif branch.get("type") == "array":
+            _set_on_integers(branch.get("items", {}), **bounds)
+
+
+def _deployment_limits(
+    schemas: dict[str, Any], model: str, max_output_tokens: int, vocab_size: int
+) -> None:
+    """The limits of this deployment, which the static request models cannot know."""
+    for name in ("ChatCompletionRequest", "CompletionRequest"):
+        props = schemas.get(name, {}).get("properties", {})
+        if "model" in props:
+            props["model"]["enum"] = [model]
+        for field in ("max_tokens", "max_completion_tokens"):
+            if field in props:
+                _set_on_integers(props[field], maximum=max_output_tokens)
+        if "prompt" in props:
+            _set_on_integers(props["prompt"], maximum=vocab_size - 1)
+
+
+def openapi_schema(
+    app: FastAPI,
+    *,
+    secured: bool,
+    model: str,
+    max_output_tokens: int,
+    vocab_size: int,
+) -> dict[str, Any]:
+    """FastAPI's document without its 422 answers (this router answers 400 instead), with this
+    deployment's limits, and the bearer-key scheme on /v1 routes when keys are required."""
     if app.openapi_schema is not None:
         return app.openapi_schema
     doc = get_openapi(title=app.title, version="1", routes=app.routes)
+    _deployment_limits(
+        doc.get("components", {}).get("schemas", {}), model, max_output_tokens, vocab_size
+    )
     for path, item in doc.get("paths", {}).items():
         for op in item.values():
             op.get("responses", {}).pop("422", None)

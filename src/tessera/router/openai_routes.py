@@ -145,7 +145,15 @@ def _ok(model: type[Any]) -> dict[str, Any]:
     return {
         "model": model,
         "description": "The answer (JSON), or with `stream: true` server-sent events of chunks",
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        "content": {
+            "text/event-stream": {
+                "schema": {  # one server-sent event: JSON chunk (or error) text, last `[DONE]`
+                    "type": "object",
+                    "properties": {"data": {"type": "string"}, "event": {"type": "string"}},
+                    "required": ["data"],
+                }
+            }
+        },
     }
 
 

@@ -59,10 +59,7 @@ class Tokenizer:
         self._template = env.from_string(template) if template else None
 
     def encode(self, text: str, *, special: bool = True) -> list[int]:
-        try:
-            return list(self._tok.encode(text, add_special_tokens=special).ids)
-        except TypeError:  # lone UTF-16 surrogates (valid JSON escapes, not text)
-            raise InvalidInput("prompt", "the text is not valid Unicode") from None
+        return list(self._tok.encode(_valid_unicode(text), add_special_tokens=special).ids)
 
     def decode(self, ids: list[int]) -> str:
         return str(self._tok.decode(ids, skip_special_tokens=True))
@@ -78,14 +75,20 @@ class Tokenizer:
             )
         except TemplateError as exc:  # the model's template rejects these messages
             raise InvalidInput("messages", f"the chat template refused them: {exc}") from None
-        try:
-            return self.encode(text, special=False)
-        except InvalidInput:
-            raise InvalidInput("messages", "the text is not valid Unicode") from None
+        return self.encode(text, special=False)
 
     @property
     def vocab_size(self) -> int:
         return int(self._tok.get_vocab_size())
+
+
+def _valid_unicode(text: str) -> str:
+    """Lone UTF-16 surrogates (valid JSON escapes, not text) become U+FFFD, like a browser."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
 
 
 def _token_text(value: Any) -> str | None:

@@ -214,10 +214,12 @@ def test_full_chains_give_429_with_retry_after(up, smollm2_dir):
     second router (started with --max-wait-s 0, as a pod would run it) for an answer."""
     endpoints = json.loads((up.run_dir / "endpoints.json").read_text())
     small = endpoints["node-small"]
-    state = httpx.get(f"{small}/state").json()
+    token = (up.run_dir / "worker-token").read_text().strip()
+    stage = httpx.Client(headers={"authorization": f"Bearer {token}"})  # the deployment token
+    state = stage.get(f"{small}/state").json()
     held = []
     while True:
-        r = httpx.post(
+        r = stage.post(
             f"{small}/v1/sessions",
             json={
                 "session_id": f"filler-{len(held)}",
@@ -230,7 +232,7 @@ def test_full_chains_give_429_with_retry_after(up, smollm2_dir):
             break
         assert r.status_code == 200 and len(held) < 100
         held.append(f"filler-{len(held)}")
-    assert httpx.get(f"{small}/state").json()["free_slots"] < 30 - state["start_block"]
+    assert stage.get(f"{small}/state").json()["free_slots"] < 30 - state["start_block"]
     port = free_port()
     router = subprocess.Popen(
         [
@@ -244,6 +246,7 @@ def test_full_chains_give_429_with_retry_after(up, smollm2_dir):
             "--host=127.0.0.1",
             f"--port={port}",
             "--max-wait-s=0",
+            f"--worker-token-file={up.run_dir / 'worker-token'}",
         ],
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
@@ -257,7 +260,7 @@ def test_full_chains_give_429_with_retry_after(up, smollm2_dir):
         router.send_signal(signal.SIGTERM)
         router.wait(timeout=15)
         for sid in held:
-            httpx.post(f"{small}/v1/sessions/{sid}/close")
+            stage.post(f"{small}/v1/sessions/{sid}/close")
 
 
 def test_no_complete_chain_is_503(up, smollm2_dir):

@@ -10,7 +10,7 @@ import time
 import httpx
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "datapath"))
-from datapath_procs import REPO, Up  # noqa: E402, F401
+from datapath_procs import REPO, Up, free_port  # noqa: E402, F401
 
 KEY = "sk-test-reliability-1"
 STAGES = ("a", "b", "c", "a2", "c2")
