@@ -156,7 +156,11 @@ class Worker:
                 session.cache.crop(position - session.length)
             session.length = position
         t0 = time.perf_counter()
-        out = stage.forward(x, session.cache, position, session.start_block, session.end_block)
+        try:
+            out = stage.forward(x, session.cache, position, session.start_block, session.end_block)
+        except Exception:  # the cache may hold part of this step: empty it (a replay rebuilds it)
+            session.cache, session.length = stage.new_cache(), 0
+            raise
         session.length = position + t
         result: torch.Tensor | wire.StepToken = out
         if session.end_block == stage.num_blocks:
