@@ -9,8 +9,8 @@ Baseline, same run: one Deployment POST + GET round trip through the same client
 (the API floor); the ratio says how many such round trips each figure costs.
 
 Setups, same run: the headline runs the emulator in its own process (a real API server does not
-share the operator's GIL) with a bounded request history; two comparison rows run it in the
-operator's process, with the bounded history and with kmock's unbounded one (the issue-5 setup:
+share the operator's GIL) keeping no request history; two comparison rows run it in the
+operator's process, with no request history and with kmock's unbounded one (the issue-5 setup:
 kmock scans every past request on each request, so late requests cost tens of milliseconds).
 """
 
@@ -86,8 +86,8 @@ def _wait(pred: Callable[[], Any], timeout_s: float = 30.0) -> Any:
 
 
 SETUPS = {  # name -> (emulator, repeats)
-    "separate process, bounded history": ("process", REPEATS),
-    "same process, bounded history": ("thread", 1),
+    "separate process, no request history": ("process", REPEATS),
+    "same process, no request history": ("thread", 1),
     "same process, unbounded (issue 5)": ("thread-unbounded", 1),
 }
 
@@ -102,7 +102,7 @@ def _one_run(emulator: str = "process") -> tuple[float, float, float, int]:
     if emulator == "process":
         server = EmulatorProcess()
     else:
-        server = EmulatorThread(history=None if emulator == "thread-unbounded" else 16)
+        server = EmulatorThread(forget_served=emulator != "thread-unbounded")
     with server as srv, tempfile.TemporaryDirectory() as tmp:
         cfg = pathlib.Path(tmp) / "kubeconfig"
         write_kubeconfig(cfg, srv.url)

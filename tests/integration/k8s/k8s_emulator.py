@@ -5,7 +5,7 @@ From reference/k8s-testing.md (appendix), plus what the operator tests and bench
 - a cascading garbage collector: deleting an object deletes every object whose
   ownerReferences name its uid, as kube-controller-manager does. The operator adds no finalizer
   and relies on this, so the tests check that owner references are right;
-- a bounded request history (kmock scans all past requests on every request);
+- no request history (kmock scans all past requests on every request);
 - `EmulatorProcess`: the emulator in a child process (`python k8s_emulator.py`), so that the
   operator under test does not share its GIL.
 Relies on kmock internals; re-check on any kmock upgrade.
@@ -25,20 +25,25 @@ import jsonpatch
 import kmock
 from kmock import action
 
-HISTORY = 16  # > the requests in flight at once
-
 
 class Emulator(kmock.KubernetesEmulator):
     _counter = itertools.count(1)
     _last_rv = 0
-    history: int | None = HISTORY  # None: kmock's unbounded history (only to compare, in bench)
+    forget_served: bool = True  # False: kmock's unbounded history (only to compare, in bench)
 
     async def _handle(self, request: Any) -> Any:
-        # kmock keeps every request and scans that history on each new one (O(requests served));
-        # keep a short tail (the requests in flight are in it) so a request costs the same at
-        # the 10,000th as at the first, as on a real API server.
-        if self.history is not None and len(self._requests) > 2 * self.history:
-            del self._requests[: -self.history]
+        # kmock keeps every request and scans that history on each new one (O(requests served)).
+        # Keep only the requests in flight (kmock matches a request against them), so a request
+        # costs the same at the 10,000th as at the first, as on a real API server.
+        try:
+            return await self._handle_in_flight(request)
+        finally:
+            if self.forget_served:
+                served = next((i for i, r in enumerate(self._requests) if r is request), None)
+                if served is not None:
+                    del self._requests[served]
+
+    async def _handle_in_flight(self, request: Any) -> Any:
         res = request.resource
         if res is not None and request.action in (action.CREATE, action.UPDATE):
             rv = str(next(self._counter))
@@ -198,8 +203,8 @@ class Emulator(kmock.KubernetesEmulator):
 class EmulatorThread:
     """The emulator on its own loop and thread, for the sync KopfRunner and kubernetes client."""
 
-    def __init__(self, history: int | None = HISTORY) -> None:
-        self.history = history
+    def __init__(self, forget_served: bool = True) -> None:
+        self.forget_served = forget_served
 
     def __enter__(self) -> EmulatorThread:
         self.loop = asyncio.new_event_loop()
@@ -215,7 +220,7 @@ class EmulatorThread:
     async def _main(self) -> None:
         self.stop = asyncio.Event()
         emulator = Emulator()
-        emulator.history = self.history
+        emulator.forget_served = self.forget_served
         async with emulator as k, kmock.Server(k) as srv:
             k.resources.load_bundled()
             self.kmock, self.url = k, str(srv.url).rstrip("/")
