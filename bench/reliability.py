@@ -1,0 +1,256 @@
+"""Reliability on the local deployment: failover pause, and a long run of concurrent streams.
+
+`tessera up` on the layout of examples/local-ha.yaml (every block on two stages; memory raised
+so that 64 sessions fit), packaged SmolLM2, one torch thread per worker.
+
+1. Failover pause: a streamed greedy answer; after 6 tokens the first, middle or last stage of
+   its chain is SIGKILLed. Pause = time from the kill to the next token, against the median gap
+   between tokens of the same answer undisturbed (the baseline, same run). The text must equal
+   the undisturbed text. Target (issue 6): pause < 2 s.
+2. Load: 64 clients each streaming greedy answers back to back for LOAD_S seconds (env
+   TESSERA_BENCH_LOAD_S, default 60) after a warm-up. Every answer is compared with the same
+   prompt's undisturbed answer (lost or repeated tokens would change it); 5xx and error events
+   are counted; resident memory (VmRSS) of the router and each worker at the start and end.
+   Targets: zero 5xx, zero wrong answers, RSS growth < 5%.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import httpx
+import yaml
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TESSERA = [sys.executable, "-c", "import sys; from tessera.cli import main; sys.exit(main())"]
+MODEL = "smollm2-135m-instruct"
+CLIENTS = 64
+LOAD_S = float(os.environ.get("TESSERA_BENCH_LOAD_S", "60"))
+WARMUP_S = 15.0
+PROMPTS = [
+    "Name a colour.",
+    "What is 2+2?",
+    "Say hello to the sea.",
+    "Name a fruit.",
+    "Describe the moon in a few words.",
+    "What do cats eat?",
+    "Give me a word that rhymes with cat.",
+    "Name a planet.",
+]
+SESSIONS = 64  # per stage, on top of the weights
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _pool_file(directory: pathlib.Path) -> pathlib.Path:
+    cfg = yaml.safe_load((REPO / "examples" / "local-ha.yaml").read_text())
+    w = cfg["workload"]
+    slot = 1536 * (w["max_input_tokens"] + w["max_output_tokens"])  # SmolLM2: per block, session
+    weights = {"a": 254850048, "b": 141603840, "c": 254852352, "a2": 325651968, "c2": 325654272}
+    for node in cfg["nodes"]:
+        a, b = (int(x) for x in node["blocks"].split(":"))
+        node["memory_bytes"] = weights[node["name"]] + SESSIONS * (b - a) * slot + 2**20
+    cfg["router"].update(max_queue=256, max_wait_s=120, down_s=2)
+    path = directory / "pool.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _pid(*args: str) -> int:
+    for proc in pathlib.Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if all(a.encode() in argv for a in args):
+            return int(proc.name)
+    raise RuntimeError(f"no process with {args}")
+
+
+def _rss_bytes(pid: int) -> int:
+    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+class Local:
+    def __init__(self) -> None:
+        self.dir = pathlib.Path(tempfile.mkdtemp(prefix="tessera-bench-rel-"))
+        self.port = _port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [*TESSERA, "up", str(_pool_file(self.dir)), f"--port={self.port}"]
+            + [f"--run-dir={self.dir / 'run'}"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+            cwd=REPO,
+        )
+        self.wait_all_up(300)
+        self.endpoints: dict[str, str] = json.loads(
+            (self.dir / "run" / "endpoints.json").read_text()
+        )
+
+    def wait_all_up(self, timeout_s: float = 120) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                up = httpx.get(f"{self.base}/health", timeout=2).json().get("stages_up", [])
+                if len(up) == 5:
+                    return
+            except (httpx.TransportError, ValueError):
+                pass
+            time.sleep(0.3)
+        raise RuntimeError("the pool did not come up")
+
+    def pids(self) -> dict[str, int]:
+        out = {"router": _pid("router", f"--port={self.port}")}
+        for name, url in self.endpoints.items():
+            out[name] = _pid("worker", f"--port={url.rsplit(':', 1)[1]}")
+        return out
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def stream(base: str, prompt: str, max_tokens: int, on_token=None):
+    """(text, chain, token arrival times, status, error events) of one streamed greedy answer."""
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+    }
+    parts, times, errors = [], [], []
+    with httpx.stream("POST", f"{base}/v1/chat/completions", json=body, timeout=300) as r:
+        if r.status_code != 200:
+            r.read()
+            return "", [], [], r.status_code, []
+        chain = r.headers["x-tessera-chain"].split(">")
+        for line in r.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            event = json.loads(line[6:])
+            if "error" in event:
+                errors.append(event)
+            elif event["choices"] and event["choices"][0]["delta"].get("content"):
+                parts.append(event["choices"][0]["delta"]["content"])
+                times.append(time.perf_counter())
+                if on_token is not None:
+                    on_token(chain, len(parts))
+    return "".join(parts), chain, times, 200, errors
+
+
+def failover_pauses(local: Local) -> list[tuple[str, float, float, bool]]:
+    prompt = "Tell me a short story about a dragon."
+    rows = []
+    for hop, label in ((0, "first"), (1, "middle"), (2, "last")):
+        local.wait_all_up()
+        ref, _, ref_times, _, _ = stream(local.base, prompt, 32)
+        gap = statistics.median(b - a for a, b in zip(ref_times, ref_times[1:], strict=False))
+        killed: list[float] = []
+
+        def kill(chain, n, hop=hop, killed=killed):
+            if n == 6 and not killed:
+                port = local.endpoints[chain[hop]].rsplit(":", 1)[1]
+                os.kill(_pid("worker", f"--port={port}"), signal.SIGKILL)
+                killed.append(time.perf_counter())
+
+        text, chain, times, _, errors = stream(local.base, prompt, 32, kill)
+        after = [t for t in times if killed and t > killed[0]]
+        pause = after[0] - killed[0] if after else float("inf")
+        rows.append((f"{label} ({chain[hop]})", pause, gap, text == ref and not errors))
+    return rows
+
+
+def load(local: Local, seconds: float, reference: dict[str, str]) -> dict[str, int]:
+    counts = {"answers": 0, "wrong": 0, "5xx": 0, "429": 0, "error_events": 0, "tokens": 0}
+    lock = threading.Lock()
+    stop_at = time.monotonic() + seconds
+
+    def client(i: int) -> None:
+        k = i
+        while time.monotonic() < stop_at:
+            prompt = PROMPTS[k % len(PROMPTS)]
+            k += 1
+            text, _, times, status, errors = stream(local.base, prompt, 8)
+            with lock:
+                if status >= 500:
+                    counts["5xx"] += 1
+                elif status == 429:
+                    counts["429"] += 1
+                else:
+                    counts["answers"] += 1
+                    counts["tokens"] += len(times)
+                    counts["error_events"] += len(errors)
+                    counts["wrong"] += text != reference[prompt]
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(CLIENTS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return counts
+
+
+def main() -> None:
+    local = Local()
+    try:
+        rows = failover_pauses(local)
+        print("failover pause (SIGKILL of one stage after 6 streamed tokens, 32-token answer)")
+        print(f"{'stage killed':<16}{'pause s':>9}{'token gap s':>13}{'ratio':>8}  same text")
+        for label, pause, gap, same in rows:
+            print(f"{label:<16}{pause:>9.3f}{gap:>13.3f}{pause / gap:>8.1f}  {same}")
+        worst = max(r[1] for r in rows)
+        print(f"worst pause {worst:.3f} s (target < 2 s: {'met' if worst < 2 else 'NOT met'})")
+
+        local.wait_all_up()
+        reference = {p: stream(local.base, p, 8)[0] for p in PROMPTS}
+        load(local, WARMUP_S, reference)  # allocator and caches reach their working size
+        pids = local.pids()
+        before = {n: _rss_bytes(p) for n, p in pids.items()}
+        t0 = time.perf_counter()
+        counts = load(local, LOAD_S, reference)
+        wall = time.perf_counter() - t0
+        after = {n: _rss_bytes(p) for n, p in pids.items()}
+        print(
+            f"\n{CLIENTS} concurrent streaming clients for {wall:.0f} s (after {WARMUP_S:.0f} s warm-up)"
+        )
+        print(
+            f"answers {counts['answers']}  tokens {counts['tokens']} "
+            f"({counts['tokens'] / wall:.1f}/s)  wrong {counts['wrong']}  5xx {counts['5xx']}  "
+            f"429 {counts['429']}  error events {counts['error_events']}"
+        )
+        print(f"{'process':<10}{'RSS start MB':>14}{'RSS end MB':>12}{'growth %':>10}")
+        for n in pids:
+            growth = 100.0 * (after[n] - before[n]) / before[n]
+            print(f"{n:<10}{before[n] / 1e6:>14.1f}{after[n] / 1e6:>12.1f}{growth:>10.2f}")
+        worst_growth = max(100.0 * (after[n] - before[n]) / before[n] for n in pids)
+        ok = counts["5xx"] == 0 and counts["wrong"] == 0 and worst_growth < 5
+        print(f"targets (0 5xx, 0 wrong, RSS growth < 5%): {'met' if ok else 'NOT met'}")
+    finally:
+        local.stop()
+
+
+if __name__ == "__main__":
+    main()
