@@ -158,3 +158,54 @@ def test_gpu_pool_becomes_ready_and_deletion_cascades(namespace: str, operator: 
         ),
         300,
     )
+
+
+def test_every_pod_the_operator_builds_passes_restricted_pod_security(namespace: str) -> None:
+    """The apiserver's Pod Security admission (level restricted) accepts the stage and router
+    pods; a server-side dry run, so no GPU is needed."""
+    from tessera.api.crd import LLMDeploymentSpec
+    from tessera.operator import inventory, manifests
+
+    ns = f"{namespace}-pss"
+    kubectl("create", "namespace", ns)
+    try:
+        kubectl("label", "namespace", ns, "pod-security.kubernetes.io/enforce=restricted")
+        spec = LLMDeploymentSpec.model_validate(
+            {
+                **json.loads(_cr("pss", ns, "x"))["spec"],
+                "router": {"apiKeySecret": "keys"},
+            }
+        )
+        node = {
+            "metadata": {
+                "name": "n1",
+                "labels": {"tessera.dev/pool": "x", "nvidia.com/gpu.product": "NVIDIA-L4"},
+            },
+            "spec": {},
+            "status": {
+                "allocatable": {"nvidia.com/gpu": "1"},
+                "conditions": [{"type": "Ready", "status": "True"}],
+            },
+        }
+        inv = inventory.build(spec, [node])
+        owner = manifests.Owner("pss", ns, "00000000-0000-0000-0000-000000000000")
+        images = manifests.Images("reg/worker:1", "reg/router:1")
+        server = inv.servers[0]
+        deps = [
+            manifests.stage_deployment(owner, spec, server, (0, 30), inv.problem, images),
+            manifests.router_deployment(owner, spec, images, "h", "zone", "a"),
+        ]
+        for dep in deps:
+            pod = {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": dep["metadata"]["name"], "namespace": ns},
+                "spec": dep["spec"]["template"]["spec"],
+            }
+            out = kubectl(
+                "create", "--dry-run=server", "-f", "-", stdin=json.dumps(pod), check=False
+            )
+            assert out.returncode == 0, out.stderr
+            assert "violate" not in out.stderr, out.stderr
+    finally:
+        kubectl("delete", "namespace", ns, "--wait=false", check=False)

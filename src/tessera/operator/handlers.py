@@ -191,13 +191,10 @@ def run(namespace: str, name: str) -> None:
             if status.waiting_for_keys(new_status):
                 with STATE.guard:
                     STATE.soon.add((namespace, name))
-        except InvalidInput as exc:
-            report_failure(kube, body, "InvalidSpec", str(exc), _now())
-            emit("Warning", "InvalidSpec", str(exc))
-            raise kopf.PermanentError(str(exc)) from None
-        except Infeasible as exc:
-            report_failure(kube, body, "Infeasible", str(exc), _now())
-            emit("Warning", "Infeasible", str(exc))
+        except (InvalidInput, Infeasible) as exc:
+            reason = "InvalidSpec" if isinstance(exc, InvalidInput) else "Infeasible"
+            if report_failure(kube, body, reason, str(exc), _now()):
+                emit("Warning", reason, str(exc))  # once per new failure, not per resync
             raise kopf.PermanentError(str(exc)) from None
         except ApiException as exc:
             if exc.status == 404 and kube.get_llmd(namespace, name) is None:

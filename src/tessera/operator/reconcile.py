@@ -269,10 +269,12 @@ def _differs(previous: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
 
 def report_failure(
     kube: Kube, body: Mapping[str, Any], reason: str, message: str, now: str
-) -> dict[str, Any]:
+) -> bool:
+    """Write the Failed status; False when it already said exactly this."""
     meta = body["metadata"]
     previous = body.get("status") or {}
     new_status = status.failed(reason, message, previous, meta.get("generation"), now)
-    if _differs(previous, new_status):
-        kube.patch_status(meta["namespace"], meta["name"], new_status)
-    return new_status
+    if not _differs(previous, new_status):
+        return False
+    kube.patch_status(meta["namespace"], meta["name"], new_status)
+    return True

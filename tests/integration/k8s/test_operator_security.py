@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+import pytest
 from conftest import NS, Cluster, gpu_node, llmd, wait_for
 from kopf.testing import KopfRunner
 
@@ -109,8 +110,11 @@ def test_missing_api_key_secret_holds_the_router_and_says_so(cluster: Cluster) -
     assert not cluster.events("OpenEndpoint")
 
 
-def test_invalid_cr_fails_once_naming_the_field_and_policies_can_be_off(cluster: Cluster) -> None:
+def test_invalid_cr_fails_once_naming_the_field_and_policies_can_be_off(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _pool(cluster)
+    monkeypatch.setenv("TESSERA_RESYNC_SECONDS", "0.3")  # full resyncs, often
     with KopfRunner(ARGS, timeout=30) as runner:
         bad = llmd("s3", router={"replicas": 0, "apiKeySecret": "Not_A_Name"})
         cluster.create(bad)  # the CRD schema would refuse it; the emulator does not check
@@ -125,8 +129,14 @@ def test_invalid_cr_fails_once_naming_the_field_and_policies_can_be_off(cluster:
         wait_for(lambda: len(cluster.services("s4")) == st["stages"] + 1)
         assert cluster.network_policies("s4") == {}
         assert not cluster.deployments("s3")
+        # A deleted worker token comes back with the next full resync, which re-ran s3 first
+        # (sorted): still Failed, and no second Event.
+        old = cluster.secret("s4-worker-token")
+        cluster.core.delete_namespaced_secret("s4-worker-token", NS)
+        new = wait_for(lambda: cluster.secret("s4-worker-token"), what="a full resync")
+        assert new.metadata.uid != old.metadata.uid
     _checked(runner)  # a PermanentError: no crash, no retry loop
-    assert len(cluster.events("InvalidSpec")) == 1
+    assert len(cluster.events("InvalidSpec")) == 1  # once, not once per resync
 
 
 def test_deleted_cr_goes_away_without_the_operator(cluster: Cluster) -> None:
