@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import time
@@ -159,38 +160,46 @@ def _ok(model: type[Any]) -> dict[str, Any]:
 
 async def _serve(state: RouterState, prep: _Prepared, request: Request, *, chat: bool) -> Response:
     t0 = time.perf_counter()
-    try:
-        run = await reserve(
-            state.chains,
-            len(prep.prompt),
-            prep.params,
-            max_wait_s=state.max_wait_s,
-            max_queue=state.max_queue,
-        )
-    except TesseraError as exc:
-        return _fail(state, exc)
-    run.observe_hop = lambda server, s: state.metrics.hop.labels(server).observe(s)
-    run.observe_failover = state.metrics.failovers.inc
-    state.metrics.route_cost.observe(run.route_cost_s)
-    headers = {CHAIN_HEADER: ">".join(run.chain)}
-    rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
-    if prep.stream:
-        body = _sse(state, run, prep, rid, chat, t0)
-        return StreamingResponse(body, media_type="text/event-stream", headers=headers)
-    # Non-streaming: generate on a task and stop it (closing every session) if the client leaves.
-    work = asyncio.ensure_future(_whole(state, run, prep, t0))
+    # A client that leaves while queued, or during a non-streamed answer, frees its place and
+    # its sessions at once (a streamed answer is stopped by the server when the client leaves).
     gone = asyncio.ensure_future(_disconnected(request))
     try:
-        await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+        reserved = await _unless_gone(
+            gone,
+            reserve(
+                state.chains,
+                len(prep.prompt),
+                prep.params,
+                max_wait_s=state.max_wait_s,
+                max_queue=state.max_queue,
+            ),
+        )
+        if reserved is None:
+            return _client_gone(state)
+        if isinstance(reserved, TesseraError):
+            return _fail(state, reserved)
+        if isinstance(reserved, BaseException):
+            raise reserved
+        run = reserved
+        run.observe_hop = lambda server, s: state.metrics.hop.labels(server).observe(s)
+        run.observe_failover = state.metrics.failovers.inc
+        state.metrics.route_cost.observe(run.route_cost_s)
+        headers = {CHAIN_HEADER: ">".join(run.chain)}
+        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+        if prep.stream:
+            body = _sse(state, run, prep, rid, chat, t0)
+            return StreamingResponse(body, media_type="text/event-stream", headers=headers)
+        try:
+            done = await _unless_gone(gone, _whole(state, run, prep, t0))
+        finally:
+            run.close_soon()  # idempotent; at once if the client left or we were cancelled
     finally:
         gone.cancel()
-        if not work.done():  # the client went away (or we are cancelled): stop generating
-            work.cancel()
-            run.close_soon()
-    if not work.done() or work.cancelled():
-        state.metrics.requests.labels(state.model_name, "499").inc()
-        return Response(status_code=499)
-    result = work.result()
+    if done is None:
+        return _client_gone(state)
+    if isinstance(done, BaseException):
+        raise done
+    result = done
     if isinstance(result, Response):
         return result
     content, finish, n_out = result
@@ -221,6 +230,26 @@ async def _serve(state: RouterState, prep: _Prepared, request: Request, *, chat:
         )
     headers[CHAIN_HEADER] = ">".join(run.chain)  # after a failover: the chain that finished it
     return JSONResponse(resp.model_dump(exclude_none=False), headers=headers)
+
+
+async def _unless_gone(gone: asyncio.Future[None], coro: Any) -> Any:
+    """The result (or exception) of `coro`, or None if the client left first (then cancelled)."""
+    work = asyncio.ensure_future(coro)
+    try:
+        await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not work.done():
+            work.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await work
+    if work.cancelled():
+        return None
+    return work.exception() or work.result()
+
+
+def _client_gone(state: RouterState) -> Response:
+    state.metrics.requests.labels(state.model_name, "499").inc()
+    return Response(status_code=499)  # nobody reads it: the client has gone
 
 
 async def _disconnected(request: Request) -> None:

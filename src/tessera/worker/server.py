@@ -217,6 +217,7 @@ def _error_response(exc: Exception) -> JSONResponse:
 
 def build_app(worker: Worker, token: str | None = None) -> FastAPI:
     """The stage server; with `token`, every call but the probes must carry it."""
+
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         threading.Thread(target=_load_then_serve, args=(worker,), daemon=True).start()
