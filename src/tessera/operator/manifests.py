@@ -41,7 +41,6 @@ DEPLOYMENT_LABEL = f"{GROUP}/deployment"
 SERVER_ANNOTATION = f"{GROUP}/server"
 BLOCKS_ANNOTATION = f"{GROUP}/blocks"
 HASH_ANNOTATION = f"{GROUP}/spec-hash"
-PLAN_HASH_ANNOTATION = f"{GROUP}/plan-hash"
 MAX_NAME = 52  # leaves room for ReplicaSet and Pod suffixes within 63 characters
 
 
@@ -355,7 +354,6 @@ def router_deployment(
     owner: Owner,
     spec: LLMDeploymentSpec,
     images: Images,
-    plan_hash: str,
     zone_label: str,
     zone: str,
 ) -> dict[str, Any]:
@@ -395,7 +393,7 @@ def router_deployment(
         {
             "apiVersion": "apps/v1",
             "kind": "Deployment",
-            "metadata": _metadata(owner, name, "router", **{PLAN_HASH_ANNOTATION: plan_hash}),
+            "metadata": _metadata(owner, name, "router"),
             "spec": {
                 "replicas": spec.router.replicas,
                 "strategy": {
@@ -409,11 +407,9 @@ def router_deployment(
                     }
                 },
                 "template": {
-                    # The plan hash rolls the router when the plan changes (new pods read the new plan).
-                    "metadata": {
-                        "labels": pod_labels,
-                        "annotations": {PLAN_HASH_ANNOTATION: plan_hash},
-                    },
+                    # No plan hash here: a new plan must not roll the router (that would drop every
+                    # stream); the router re-reads the mounted plan files in place.
+                    "metadata": {"labels": pod_labels},
                     "spec": {
                         "automountServiceAccountToken": False,
                         "enableServiceLinks": False,

@@ -189,14 +189,13 @@ def reconcile(
     desired += [manifests.stage_service(owner, s) for s in sorted(after) if s in present]
     published = _published_plan(existing.get(("ConfigMap", manifests.plan_name(owner))))
     if published is not None and rollout.ranges_of(published) == rollout.ranges_of(serving):
-        serving = published  # same stages: keep the router's plan byte for byte (no restart)
+        serving = published  # same stages: keep the published plan byte for byte (no reload)
     routed = rollout.restrict(inv.problem, (p.server for p in serving.placement))
     cm = manifests.plan_configmap(owner, routed, serving)
     desired.append(cm)
-    plan_hash = cm["metadata"]["annotations"][manifests.HASH_ANNOTATION]
     net = spec.node_pool.network
     desired.append(
-        manifests.router_deployment(owner, spec, images, plan_hash, net.zone_label, inv.router_zone)
+        manifests.router_deployment(owner, spec, images, net.zone_label, inv.router_zone)
     )
     desired.append(manifests.router_service(owner))
     if spec.network_policy.enabled:

@@ -25,6 +25,7 @@ from .failover import FailoverPolicy
 from .guard import Guard
 from .metrics import RouterMetrics
 from .openai_routes import RouterState, build_routes
+from .reload import PlanFiles, PlanReloader, PlanSet
 from .stage_client import StageClient
 from .tokenizer import Tokenizer
 
@@ -49,12 +50,18 @@ class RouterConfig:
     worker_token: str | None = None  # sent to every worker (`Authorization: Bearer`)
     max_body_bytes: int = 4 << 20
     stage_clients: Mapping[str, StageClient] | None = None  # tests: in-process stand-ins
+    plan_files: PlanFiles | None = None  # where plan, problem, endpoints came from: re-read
+    reload_interval_s: float = 2.0  # how often `plan_files` are checked for a change
 
 
 def build_app(config: RouterConfig) -> FastAPI:
+    def make_client(name: str, url: str) -> StageClient:
+        if config.stage_clients is not None and name in config.stage_clients:
+            return config.stage_clients[name]
+        return StageClient(name, url, timeout_s=config.step_timeout_s, token=config.worker_token)
+
     clients = dict(config.stage_clients or {}) or {
-        name: StageClient(name, url, timeout_s=config.step_timeout_s, token=config.worker_token)
-        for name, url in config.endpoints.items()
+        name: make_client(name, url) for name, url in config.endpoints.items()
     }
     names = [c.name for c in config.problem.clients]
     client_index = names.index(config.client) if config.client in names else 0
@@ -83,23 +90,46 @@ def build_app(config: RouterConfig) -> FastAPI:
         failover=FailoverPolicy(timeout_s=config.failover_timeout_s),
     )
 
+    def limits_from(new: PlanSet) -> None:
+        state.max_input_tokens = new.problem.workload.max_input_tokens
+        state.max_output_tokens = new.problem.workload.max_output_tokens
+
+    reloader = (
+        PlanReloader(
+            config.plan_files,
+            chains,
+            clients,
+            config.endpoints,
+            make_client,
+            config.client,
+            on_apply=limits_from,
+        )
+        if config.plan_files is not None
+        else None
+    )
+
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await chains.poll_once()
-        poller = asyncio.create_task(chains.poll_forever(config.poll_interval_s))
+        tasks = [asyncio.create_task(chains.poll_forever(config.poll_interval_s))]
+        if reloader is not None:
+            tasks.append(asyncio.create_task(reloader.run_forever(config.reload_interval_s)))
         yield
-        poller.cancel()
-        for c in clients.values():
-            await c.aclose()
+        for task in tasks:
+            task.cancel()
+        held = {id(c): c for c in [*clients.values(), *chains.stage_clients()]}
+        for client in held.values():
+            await client.aclose()
 
     app = FastAPI(title="tessera router", lifespan=lifespan)
     app.state.tessera = state
+    app.state.tessera_reloader = reloader
     app.add_middleware(Guard, keys=keys, max_body_bytes=config.max_body_bytes)
     app.openapi = lambda: openapi_schema(  # type: ignore[method-assign]
         app,
         secured=keys is not None,
         model=config.model_name,
-        max_output_tokens=w.max_output_tokens,
+        max_output_tokens=state.max_output_tokens,
         vocab_size=config.tokenizer.vocab_size,
     )
 

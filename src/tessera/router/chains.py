@@ -6,6 +6,10 @@ time (for the waiting-time penalty). A server whose `/state` fails, or that is n
 excluded until it answers again; a server whose step failed (see `failover.py`) is excluded for
 `down_s` seconds at least, even if its `/state` still answers. The worker stays the authority on admission: an open that it
 refuses (busy) makes the caller wait or try another chain.
+
+`replace` swaps the plan for new requests (see `reload.py`). Requests already running keep their
+chain: a server that left the plan stays reachable by name (`_retired`) until its last session
+of ours closes, then its client is closed on the next poll.
 """
 
 from __future__ import annotations
@@ -66,6 +70,62 @@ class LiveChains:
         self._measured = False
         self.down_s = down_s
         self.waiting = 0  # requests queued for room (see `generate.reserve`)
+        self._retired: list[tuple[str, _Server]] = []  # left the plan; still used by requests
+
+    def replace(
+        self,
+        problem: Problem,
+        plan: Plan,
+        clients: Mapping[str, StageClient],
+        *,
+        client_index: int = 0,
+    ) -> None:
+        """Route new requests by another plan. A server whose client is the same object keeps
+        its live state (load, down mark, our sessions); the others are retired. Raises (and
+        changes nothing) if the plan cannot be routed."""
+        table = routing_table(problem, plan)  # first: an error leaves the old plan in place
+        servers: dict[str, _Server] = {}
+        for p in plan.placement:
+            prev = self.servers.get(p.server)
+            client = clients.get(p.server)
+            keep = prev is not None and prev.client is client
+            servers[p.server] = prev if keep and prev is not None else _Server(client)
+        for name, s in self.servers.items():
+            if servers.get(name) is not s:
+                self._retired.append((name, s))
+        # No await between these: a request sees the old plan or the new one, never a mix.
+        self.problem, self.plan, self.table = problem, plan, table
+        self.client_index = client_index
+        self.ends = {p.server: p.end for p in plan.placement}
+        self.servers = servers
+        self._measured = False
+        self.notify()
+
+    def _find(self, server: str) -> _Server | None:
+        """The server by name: in the plan, else the latest retired one (running requests)."""
+        s = self.servers.get(server)
+        if s is not None:
+            return s
+        for name, r in reversed(self._retired):
+            if name == server:
+                return r
+        return None
+
+    async def _close_idle_retired(self) -> None:
+        """Close the clients of retired servers that no request of ours uses any more."""
+        in_use = {id(s.client) for s in self.servers.values()}
+        idle = [(n, r) for n, r in self._retired if not r.own]
+        self._retired = [(n, r) for n, r in self._retired if r.own]
+        for name, r in idle:
+            if r.client is not None and id(r.client) not in in_use:
+                log.info("closing the client of stage %s (no longer in the plan)", name)
+                await r.client.aclose()
+
+    def stage_clients(self) -> list[StageClient]:
+        """Every client still held (in the plan or retired): to close at shutdown."""
+        all_servers = [*self.servers.values(), *(r for _, r in self._retired)]
+        out: dict[int, StageClient] = {id(s.client): s.client for s in all_servers if s.client}
+        return list(out.values())
 
     # --- live state -------------------------------------------------------------------------
     async def poll_once(self) -> None:
@@ -85,6 +145,7 @@ class LiveChains:
             s.state, s.up, s.delta_slots = state, up, 0
 
         await asyncio.gather(*(one(n, s) for n, s in self.servers.items()))
+        await self._close_idle_retired()
         self._use_measured_speeds()
         self.notify()
 
@@ -169,25 +230,29 @@ class LiveChains:
         return out
 
     def client(self, server: str) -> StageClient:
-        c = self.servers[server].client
-        if c is None:
+        s = self._find(server)
+        if s is None:  # left the plan and no session of ours is left on it: fail over
+            raise StageFailed(server, "no longer in the plan")
+        if s.client is None:
             raise StageFailed(server, "no endpoint configured")
-        return c
+        return s.client
 
     def opened(self, server: str, session_id: str, slots: int, expected_end_s: float) -> None:
-        s = self.servers[server]
-        s.own[session_id] = (expected_end_s, slots)
-        s.delta_slots += slots
+        s = self._find(server)
+        if s is not None:
+            s.own[session_id] = (expected_end_s, slots)
+            s.delta_slots += slots
 
     def closed(self, server: str, session_id: str) -> None:
-        s = self.servers[server]
-        held = s.own.pop(session_id, None)
-        if held is not None:
-            s.delta_slots -= held[1]
-            self.notify()
+        holders = [self.servers.get(server), *(r for n, r in self._retired if n == server)]
+        for s in holders:
+            held = s.own.pop(session_id, None) if s is not None else None
+            if s is not None and held is not None:
+                s.delta_slots -= held[1]
+                self.notify()
 
     def refused(self, server: str) -> None:
         """The worker said busy: trust that over our estimate until the next poll."""
-        s = self.servers[server]
-        if s.state is not None:
+        s = self._find(server)
+        if s is not None and s.state is not None:
             s.delta_slots = s.state.free_slots

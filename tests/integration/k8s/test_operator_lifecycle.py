@@ -123,6 +123,8 @@ def test_node_removal_replans_and_deletion_cascades(cluster: Cluster, operator: 
     wait_for(lambda: len(_stages(cluster, "m2")) == len(servers))
     cluster.mark_ready("m2")
     wait_for(lambda: cluster.status("m2").get("phase") == "Ready")
+    router_pod = cluster.deployments("m2")["m2-router"].spec.template.to_dict()
+    plan_before = cluster.configmaps("m2")["m2-plan"].data["plan.json"]
 
     cluster.core.delete_node(victim)
 
@@ -148,6 +150,9 @@ def test_node_removal_replans_and_deletion_cascades(cluster: Cluster, operator: 
         assert _node_of(dep) != victim
     cm = cluster.configmaps("m2")["m2-plan"]
     assert victim not in cm.data["endpoints.json"]
+    assert cm.data["plan.json"] != plan_before
+    # The router re-reads the mounted plan in place: its pods must not roll (streams would drop).
+    assert cluster.deployments("m2")["m2-router"].spec.template.to_dict() == router_pod
 
     cluster.custom.delete_namespaced_custom_object(
         "tessera.dev", "v1alpha1", "default", "llmdeployments", "m2"
