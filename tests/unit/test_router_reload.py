@@ -68,8 +68,13 @@ def _publish(root: pathlib.Path, version: str, plan_doc: dict, endpoints: dict) 
             (root / name).symlink_to(f"..data/{name}")
 
 
-def _app(root: pathlib.Path, stages: dict[str, FakeStage]):
-    problem, plan_doc, endpoints = _documents(ABC)
+def _app(
+    root: pathlib.Path,
+    stages: dict[str, FakeStage],
+    poll_interval_s: float = 0.05,
+    layout: dict = ABC,
+):
+    problem, plan_doc, endpoints = _documents(layout)
     _publish(root, "v1", plan_doc, endpoints)
     config = RouterConfig(
         problem,  # type: ignore[arg-type]
@@ -78,7 +83,7 @@ def _app(root: pathlib.Path, stages: dict[str, FakeStage]):
         MODEL,
         Tokenizer(smollm2_dir()),
         stage_clients=stages,  # type: ignore[arg-type]
-        poll_interval_s=0.05,
+        poll_interval_s=poll_interval_s,
         plan_files=PlanFiles(root / "plan.json", root / "problem.json", root / "endpoints.json"),
         reload_interval_s=0.05,
     )
@@ -156,3 +161,16 @@ def test_an_invalid_set_is_logged_and_ignored(tmp_path, caplog):
         _wait(lambda: reloader.rejected == 2, "the second refusal")
         assert "servers not in the plan" in caplog.text
         assert _complete(c)[0] == "a>b>c" and reloader.reloads == 0
+
+
+def test_new_stages_are_polled_before_the_switch(tmp_path):
+    """No 'no complete chain' gap: the reload itself asks the new stages for their state."""
+    only_abc = {"routes": {"router": ["a", "b", "c"]}, "servers": ("a", "b", "c")}
+    # a2 and c2 are new to the router, and the periodic poll never comes.
+    app = _app(tmp_path, fake_pool(), poll_interval_s=3600, layout=only_abc)
+    with TestClient(app) as c:
+        _, plan_doc, endpoints = _documents(SPARE)
+        _publish(tmp_path, "v2", plan_doc, endpoints)
+        _wait(lambda: app.state.tessera_reloader.reloads == 1, "the reload")
+        assert sorted(c.get("/health").json()["stages_up"]) == ["a2", "c2"]
+        assert _complete(c)[0] == "a2>c2"

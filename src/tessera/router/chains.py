@@ -72,7 +72,7 @@ class LiveChains:
         self.waiting = 0  # requests queued for room (see `generate.reserve`)
         self._retired: list[tuple[str, _Server]] = []  # left the plan; still used by requests
 
-    def replace(
+    async def replace(
         self,
         problem: Problem,
         plan: Plan,
@@ -81,7 +81,8 @@ class LiveChains:
         client_index: int = 0,
     ) -> None:
         """Route new requests by another plan. A server whose client is the same object keeps
-        its live state (load, down mark, our sessions); the others are retired. Raises (and
+        its live state (load, down mark, our sessions); the others are retired. New servers are
+        polled before the switch, so that new requests do not find them all down. Raises (and
         changes nothing) if the plan cannot be routed."""
         table = routing_table(problem, plan)  # first: an error leaves the old plan in place
         servers: dict[str, _Server] = {}
@@ -90,6 +91,8 @@ class LiveChains:
             client = clients.get(p.server)
             keep = prev is not None and prev.client is client
             servers[p.server] = prev if keep and prev is not None else _Server(client)
+        fresh = [(n, s) for n, s in servers.items() if s is not self.servers.get(n)]
+        await asyncio.gather(*(self._poll(n, s) for n, s in fresh))
         for name, s in self.servers.items():
             if servers.get(name) is not s:
                 self._retired.append((name, s))
@@ -128,23 +131,23 @@ class LiveChains:
         return list(out.values())
 
     # --- live state -------------------------------------------------------------------------
-    async def poll_once(self) -> None:
-        async def one(name: str, s: _Server) -> None:
-            if s.client is None:
-                return
-            try:
-                state = await s.client.state()
-            except TesseraError as exc:  # unreachable, refused (401) or a bad answer: down
-                if s.up:
-                    log.warning("stage %s is down: %s", name, exc)
-                s.up = False
-                return
-            up = state.ready and time.monotonic() >= s.down_until_s
-            if up and not s.up:
-                log.info("stage %s is up (%d free slots)", name, state.free_slots)
-            s.state, s.up, s.delta_slots = state, up, 0
+    async def _poll(self, name: str, s: _Server) -> None:
+        if s.client is None:
+            return
+        try:
+            state = await s.client.state()
+        except TesseraError as exc:  # unreachable, refused (401) or a bad answer: down
+            if s.up:
+                log.warning("stage %s is down: %s", name, exc)
+            s.up = False
+            return
+        up = state.ready and time.monotonic() >= s.down_until_s
+        if up and not s.up:
+            log.info("stage %s is up (%d free slots)", name, state.free_slots)
+        s.state, s.up, s.delta_slots = state, up, 0
 
-        await asyncio.gather(*(one(n, s) for n, s in self.servers.items()))
+    async def poll_once(self) -> None:
+        await asyncio.gather(*(self._poll(n, s) for n, s in self.servers.items()))
         await self._close_idle_retired()
         self._use_measured_speeds()
         self.notify()

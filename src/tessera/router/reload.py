@@ -131,7 +131,7 @@ class PlanReloader:
         self.reloads = 0  # plans applied
         self.rejected = 0  # changed sets refused
 
-    def check(self) -> bool:
+    async def check(self) -> bool:
         """Apply the files if they changed and are valid; True if a new plan was applied."""
         stat = fingerprint(self.files)
         if stat == self._stat:
@@ -146,7 +146,7 @@ class PlanReloader:
             clients = self._clients_for(new.endpoints)
             names = [c.name for c in new.problem.clients]
             index = names.index(self.client_name) if self.client_name in names else 0
-            self.chains.replace(new.problem, new.plan, clients, client_index=index)
+            await self.chains.replace(new.problem, new.plan, clients, client_index=index)
         except TesseraError as exc:
             self.rejected += 1
             log.error("plan files changed but are not usable, keeping the old plan: %s", exc)
@@ -175,6 +175,6 @@ class PlanReloader:
         while True:
             await asyncio.sleep(interval_s)
             try:
-                self.check()
+                await self.check()
             except Exception:  # a bug here must not stop the watch nor the router: say it, go on
                 log.exception("checking the plan files failed")
