@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from tessera.api.stage import StepToken
 from tessera.errors import Busy, NotFound
@@ -133,7 +134,7 @@ class ChainRun:
         await asyncio.gather(*(one(h) for h in hops))
 
 
-def _spawn(coro: object) -> None:
-    task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+def _spawn(coro: Coroutine[Any, Any, None]) -> None:
+    task = asyncio.get_running_loop().create_task(coro)
     _background.add(task)
     task.add_done_callback(_background.discard)

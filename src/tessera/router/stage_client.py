@@ -10,6 +10,7 @@ per stage. A failed hop (connection error, timeout, 5xx) raises
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import numpy as np
@@ -101,7 +102,7 @@ class StageClient:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise StageFailed(self.server, f"{type(exc).__name__}: {exc}") from exc
 
-    async def _post(self, path: str, **kwargs: object) -> _Reply:
+    async def _post(self, path: str, **kwargs: Any) -> _Reply:
         response = await self._request("POST", path, **kwargs)
         if response.status_code >= 500:
             raise StageFailed(self.server, f"HTTP {response.status_code}: {response.text[:200]}")

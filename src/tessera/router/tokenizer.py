@@ -44,8 +44,9 @@ class Tokenizer:
         }
         self.eos_ids: set[int] = set()
         eos = self.special.get("eos_token")
-        if eos and self._tok.token_to_id(eos) is not None:
-            self.eos_ids.add(int(self._tok.token_to_id(eos)))
+        eos_id = self._tok.token_to_id(eos) if eos else None
+        if eos_id is not None:
+            self.eos_ids.add(int(eos_id))
         if (directory / "config.json").is_file():
             model_eos = read_config(directory).get("eos_token_id")
             for e in model_eos if isinstance(model_eos, list) else [model_eos]:
