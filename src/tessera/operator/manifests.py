@@ -304,26 +304,30 @@ def stage_deployment(
     )
 
 
-def stage_service(owner: Owner, server: str) -> dict[str, Any]:
-    name = stage_name(owner, server)
+def _cluster_ip_service(
+    metadata: dict[str, Any], selector: dict[str, str], port: int
+) -> dict[str, Any]:
+    """A ClusterIP Service with one TCP port named http (stage and router alike)."""
     return with_hash(
         {
             "apiVersion": "v1",
             "kind": "Service",
-            "metadata": _metadata(owner, name, "stage", **{SERVER_ANNOTATION: server}),
+            "metadata": metadata,
             "spec": {
                 "type": "ClusterIP",
-                "selector": {DEPLOYMENT_LABEL: owner.name, f"{GROUP}/stage": name},
-                "ports": [
-                    {
-                        "name": "http",
-                        "port": WORKER_PORT,
-                        "targetPort": WORKER_PORT,
-                        "protocol": "TCP",
-                    }
-                ],
+                "selector": selector,
+                "ports": [{"name": "http", "port": port, "targetPort": port, "protocol": "TCP"}],
             },
         }
+    )
+
+
+def stage_service(owner: Owner, server: str) -> dict[str, Any]:
+    name = stage_name(owner, server)
+    return _cluster_ip_service(
+        _metadata(owner, name, "stage", **{SERVER_ANNOTATION: server}),
+        {DEPLOYMENT_LABEL: owner.name, f"{GROUP}/stage": name},
+        WORKER_PORT,
     )
 
 
@@ -455,24 +459,10 @@ def router_deployment(
 
 
 def router_service(owner: Owner) -> dict[str, Any]:
-    return with_hash(
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": _metadata(owner, router_name(owner), "router"),
-            "spec": {
-                "type": "ClusterIP",
-                "selector": {DEPLOYMENT_LABEL: owner.name, "app.kubernetes.io/component": "router"},
-                "ports": [
-                    {
-                        "name": "http",
-                        "port": ROUTER_PORT,
-                        "targetPort": ROUTER_PORT,
-                        "protocol": "TCP",
-                    }
-                ],
-            },
-        }
+    return _cluster_ip_service(
+        _metadata(owner, router_name(owner), "router"),
+        {DEPLOYMENT_LABEL: owner.name, "app.kubernetes.io/component": "router"},
+        ROUTER_PORT,
     )
 
 
