@@ -494,18 +494,8 @@ def stage_network_policy(owner: Owner, spec: LLMDeploymentSpec) -> dict[str, Any
     do not filter."""
     router = {"podSelector": {"matchLabels": _component_selector(owner, "router")}}
     peers = [router, *(_peer(p) for p in spec.network_policy.stages_from)]
-    return with_hash(
-        {
-            "apiVersion": "networking.k8s.io/v1",
-            "kind": "NetworkPolicy",
-            "metadata": _metadata(owner, dns_name(owner.name, "stages"), "stage"),
-            "spec": {
-                "podSelector": {"matchLabels": _component_selector(owner, "stage")},
-                "policyTypes": ["Ingress"],
-                "ingress": [{"from": peers, "ports": [{"protocol": "TCP", "port": WORKER_PORT}]}],
-            },
-        }
-    )
+    rule = {"from": peers, "ports": [{"protocol": "TCP", "port": WORKER_PORT}]}
+    return _ingress_policy(owner, dns_name(owner.name, "stages"), "stage", rule)
 
 
 def router_network_policy(owner: Owner, spec: LLMDeploymentSpec) -> dict[str, Any]:
@@ -513,13 +503,20 @@ def router_network_policy(owner: Owner, spec: LLMDeploymentSpec) -> dict[str, An
     rule: dict[str, Any] = {"ports": [{"protocol": "TCP", "port": ROUTER_PORT}]}
     if spec.network_policy.router_from:
         rule["from"] = [_peer(p) for p in spec.network_policy.router_from]
+    return _ingress_policy(owner, dns_name(owner.name, "router"), "router", rule)
+
+
+def _ingress_policy(
+    owner: Owner, name: str, component: str, rule: dict[str, Any]
+) -> dict[str, Any]:
+    """A NetworkPolicy admitting only `rule` into this deployment's pods of `component`."""
     return with_hash(
         {
             "apiVersion": "networking.k8s.io/v1",
             "kind": "NetworkPolicy",
-            "metadata": _metadata(owner, dns_name(owner.name, "router"), "router"),
+            "metadata": _metadata(owner, name, component),
             "spec": {
-                "podSelector": {"matchLabels": _component_selector(owner, "router")},
+                "podSelector": {"matchLabels": _component_selector(owner, component)},
                 "policyTypes": ["Ingress"],
                 "ingress": [rule],
             },
