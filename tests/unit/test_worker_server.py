@@ -37,6 +37,7 @@ def first():
 @pytest.fixture(scope="module")
 def last():
     # weights of 4 blocks + head; room for exactly 2 sessions of 4 blocks at 64 tokens
+    # (32 pages of 16 tokens)
     d = tiny_model_dir("llama")
     stage = load_stage(d, 4, 8)
     slot = stage.cache_bytes_per_token * 64
@@ -79,7 +80,8 @@ def relay(first, last, sid, ids, pos, seed=0, temperature=0.0):
 
 
 def test_prefill_decode_close_and_replay_gives_the_same_tokens(first, last):
-    assert open_(first, "s1", 0, 4).json()["slots"] == 4
+    # 4 blocks x 2 pages of 16 tokens for a 32-token session
+    assert open_(first, "s1", 0, 4).json()["slots"] == 8
     assert open_(last, "s1", 4, 8).status_code == 200
     prompt = [5, 17, 42, 7]
     out = [relay(first, last, "s1", prompt, 0, seed=3, temperature=1.0)]
@@ -106,7 +108,7 @@ def test_full_worker_answers_429_with_retry_after(last):
     assert open_(last, "f1", 4, 8, 64).status_code == 200
     assert open_(last, "f2", 4, 8, 64).status_code == 200
     state = last.get("/state").json()
-    assert state["total_slots"] == 8 and state["free_slots"] == 0 and state["active_sessions"] == 2
+    assert state["total_slots"] == 32 and state["free_slots"] == 0 and state["active_sessions"] == 2
     r = open_(last, "f3", 4, 8, 64)
     assert r.status_code == 429
     assert int(r.headers["retry-after"]) >= 1

@@ -10,26 +10,45 @@ from tessera.worker.sampling import Sampling, sample
 from tessera.worker.sessions import SessionTable
 
 
-def table(total_slots=10):
+class FakeKV:
+    length = 0
+    pages_allocated = 0
+
+
+def kv(*_args):
+    return FakeKV()
+
+
+def table(total_slots=10, page_tokens=100):
     return SessionTable(
         start_block=4,
         end_block=9,
         max_length=100,
         total_slots=total_slots,
         decode_s_per_block=lambda: 0.01,
+        page_tokens=page_tokens,
     )
+
+
+def test_a_session_reserves_pages_for_what_it_declares_not_the_maximum():
+    t = table(total_slots=20, page_tokens=10)
+    assert t.open("a", 4, 6, 35, kv, now_s=0.0).slots == 2 * 4  # 2 blocks x ceil(35 / 10)
+    assert t.open("b", 4, 9, 10, kv, now_s=0.0).slots == 5 * 1
+    assert t.free_slots == 7
+    with pytest.raises(Busy, match="needs 10"):
+        t.open("c", 4, 9, 20, kv, now_s=0.0)
 
 
 def test_admission_is_exact_and_busy_carries_a_retry_hint():
     t = table(10)
-    t.open("a", 4, 9, 100, dict, now_s=0.0)  # 5 slots
-    t.open("b", 6, 9, 50, dict, now_s=0.0)  # 3 slots
+    t.open("a", 4, 9, 100, kv, now_s=0.0)  # 5 slots
+    t.open("b", 6, 9, 50, kv, now_s=0.0)  # 3 slots
     assert t.free_slots == 2
     with pytest.raises(Busy) as exc:
-        t.open("c", 4, 7, 100, dict, now_s=0.0)  # needs 3
+        t.open("c", 4, 7, 100, kv, now_s=0.0)  # needs 3
     # the soonest session (b: 50 tokens left x 3 blocks x 10 ms) could end in 1.5 s
     assert exc.value.retry_after_s == pytest.approx(1.5)
-    t.open("d", 7, 9, 100, dict, now_s=0.0)
+    t.open("d", 7, 9, 100, kv, now_s=0.0)
     assert t.free_slots == 0
     assert t.close("a") and not t.close("a")
     assert t.free_slots == 5
@@ -38,18 +57,18 @@ def test_admission_is_exact_and_busy_carries_a_retry_hint():
 def test_open_checks_range_length_and_duplicates():
     t = table()
     with pytest.raises(InvalidInput, match="start_block"):
-        t.open("x", 3, 6, 10, dict, now_s=0)
+        t.open("x", 3, 6, 10, kv, now_s=0)
     with pytest.raises(InvalidInput, match="max_length"):
-        t.open("x", 4, 6, 101, dict, now_s=0)
-    t.open("x", 4, 6, 10, dict, now_s=0)
+        t.open("x", 4, 6, 101, kv, now_s=0)
+    t.open("x", 4, 6, 10, kv, now_s=0)
     with pytest.raises(InvalidInput, match="already open"):
-        t.open("x", 4, 6, 10, dict, now_s=0)
+        t.open("x", 4, 6, 10, kv, now_s=0)
 
 
 def test_idle_sessions_expire_and_use_refreshes():
     t = table()
-    t.open("old", 4, 5, 10, dict, now_s=0.0)
-    t.open("busy", 4, 5, 10, dict, now_s=0.0)
+    t.open("old", 4, 5, 10, kv, now_s=0.0)
+    t.open("busy", 4, 5, 10, kv, now_s=0.0)
     t.get("busy", now_s=50.0)
     assert t.expire(now_s=70.0, idle_timeout_s=60.0) == ["old"]
     with pytest.raises(NotFound):

@@ -13,6 +13,12 @@ Routes on a worker (all under one port):
   the stage that ends at the last block, JSON `StepToken`.
   Step answers carry `x-compute-s` (the step's compute time, for hop-overhead accounting).
   404 unknown session, 409 position ahead of the session, 400 malformed tensor.
+- `POST /v1/steps`: several sessions' steps in one message (what the router sends: one request
+  per stage per wave of steps, however many sessions are in flight). The body is
+  `pack(StepBatch, payloads)`: a 4-byte little-endian length, the `StepBatch` JSON, then each
+  step's tensor bytes in order. The answer (200 whenever the batch itself was readable) is
+  `pack(StepResults, payloads)`, one `StepOut` per step in the same order, each with its own
+  `status` (200, or the status the single-step route would give) and error.
 - `POST /v1/sessions/{session_id}/close` -> 200 `SessionClosed` (idempotent).
 - `GET /state` -> `StageState`; `GET /healthz`, `GET /readyz`, `GET /metrics` (Prometheus).
 
@@ -22,6 +28,8 @@ answers 401 `StageError` without it.
 """
 
 from __future__ import annotations
+
+import struct
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -35,6 +43,8 @@ HEADER_COMPUTE_S = "x-compute-s"  # in step answers: the stage's compute seconds
 HEADER_AUTHORIZATION = "authorization"  # `Bearer <deployment token>` on every call but probes
 TENSOR_MEDIA_TYPE = "application/octet-stream"
 WIRE_DTYPES = ("int64", "float32", "bfloat16", "float16")
+MAX_BATCH_STEPS = 1024  # steps in one /v1/steps message
+_LEN = struct.Struct("<I")
 
 
 class _Wire(BaseModel):
@@ -83,12 +93,73 @@ class StageState(_Wire):
     num_blocks: int  # L of the whole model
     start_block: int
     end_block: int
-    max_length: int  # tokens of one KV slot
-    total_slots: int  # (block, session) KV slots that fit beside the weights
-    free_slots: int
+    max_length: int  # the longest session (prompt plus output) the worker accepts
+    total_slots: int  # KV slots (a page of `page_tokens` tokens of one block) beside the weights
+    free_slots: int  # not reserved by an open session
+    page_tokens: int  # tokens per KV slot
+    allocated_slots: int  # slots whose memory is allocated now (at most the reserved ones)
+    queued_steps: int  # steps waiting for the next batched forward
     active_sessions: int
     decode_s_per_block: float  # measured at start-up, times the speed factor
     prefill_s_per_block_per_token: float
     weight_bytes: int
     memory_bytes: int
     ready: bool
+
+
+class StepIn(_Wire):
+    session_id: str = Field(min_length=1, max_length=128)
+    position: int = Field(ge=0)
+    dtype: str
+    shape: str = Field(max_length=64)
+    nbytes: int = Field(ge=0)
+    temperature: float | None = None  # sampling: read by the stage that ends at the last block
+    top_p: float | None = None
+    seed: int | None = None
+
+
+class StepBatch(_Wire):
+    steps: list[StepIn] = Field(min_length=1, max_length=MAX_BATCH_STEPS)
+
+
+class StepOut(_Wire):
+    session_id: str
+    status: int  # 200, or the HTTP status the single-step route would answer
+    token: StepToken | None = None  # from the last stage
+    dtype: str | None = None  # hidden states from the others: the payload slice's dtype
+    shape: str | None = None
+    nbytes: int = 0
+    compute_s: float = 0.0
+    error: StageErrorBody | None = None
+    retry_after_s: float | None = None
+
+
+class StepResults(_Wire):
+    results: list[StepOut]
+
+
+def pack(header: BaseModel, payloads: list[bytes]) -> bytes:
+    head = header.model_dump_json(exclude_none=True).encode()
+    return b"".join([_LEN.pack(len(head)), head, *payloads])
+
+
+def unpack(body: bytes) -> tuple[bytes, memoryview]:
+    """(the JSON header, the payload bytes after it); ValueError if the framing is broken."""
+    if len(body) < _LEN.size:
+        raise ValueError("the message is shorter than its length prefix")
+    (n,) = _LEN.unpack_from(body)
+    if n > len(body) - _LEN.size:
+        raise ValueError(f"the header claims {n} bytes but the message has fewer")
+    view = memoryview(body)
+    return bytes(view[_LEN.size : _LEN.size + n]), view[_LEN.size + n :]
+
+
+def split_payload(payload: memoryview, sizes: list[int]) -> list[bytes]:
+    """Cut the payload into the declared sizes; ValueError if they do not add up."""
+    if sum(sizes) != len(payload):
+        raise ValueError(f"steps declare {sum(sizes)} payload bytes, the message has {len(payload)}")
+    out, at = [], 0
+    for n in sizes:
+        out.append(bytes(payload[at : at + n]))
+        at += n
+    return out

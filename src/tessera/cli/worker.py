@@ -28,7 +28,13 @@ def add_parser(sub: Any) -> None:
         "--max-length",
         type=int,
         default=2048,
-        help="tokens of one session's KV slot (default 2048)",
+        help="the longest session (prompt plus output) accepted, in tokens (default 2048)",
+    )
+    p.add_argument(
+        "--max-batch-tokens",
+        type=int,
+        default=128,
+        help="tokens in one batched forward: every decode plus prefill chunks (default 128)",
     )
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
@@ -67,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
     memory = parse_bytes("--memory-bytes", args.memory_bytes)
     if args.max_length <= 0:
         raise InvalidInput("--max-length", "must be positive")
+    if args.max_batch_tokens <= 0:
+        raise InvalidInput("--max-batch-tokens", "must be positive")
     if args.speed_factor < 1.0:
         raise InvalidInput("--speed-factor", "must be at least 1 (it can only slow a device down)")
     if args.delay_s < 0 or args.idle_timeout_s <= 0:
@@ -98,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
         speed_factor=args.speed_factor,
         delay_s=args.delay_s,
         idle_timeout_s=args.idle_timeout_s,
+        max_batch_tokens=args.max_batch_tokens,
     )
     worker = Worker(settings, lambda: load_stage(directory, start, end, args.dtype))
     uvicorn.run(

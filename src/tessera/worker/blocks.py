@@ -15,16 +15,18 @@ import copy
 import json
 import pathlib
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from safetensors import safe_open
 from torch import nn
-from transformers import AutoConfig, AutoModel, DynamicCache
-from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+from transformers import AutoConfig, AutoModel
 
 from tessera.errors import InvalidInput
 from tessera.modelfiles import architecture, read_config
+
+from .batch import ATTN_IMPLEMENTATION, Packed, PackedCache, SessionKV
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -53,74 +55,86 @@ class StageModel:
     def hidden_size(self) -> int:
         return int(self.config.hidden_size)
 
-    def new_cache(self) -> DynamicCache:
-        return DynamicCache(config=self.config)
+    def new_cache(self, max_tokens: int | None = None, start: int | None = None,
+                  end: int | None = None) -> SessionKV:
+        """An empty KV cache for a session over blocks `[start, end)` (default: all held)."""
+        a = self.start if start is None else start
+        b = self.end if end is None else end
+        heads = int(self.config.num_attention_heads)
+        return SessionKV(
+            num_layers=b - a,
+            kv_heads=int(getattr(self.config, "num_key_value_heads", None) or heads),
+            head_dim=int(getattr(self.config, "head_dim", None) or self.hidden_size // heads),
+            dtype=self.dtype,
+            max_tokens=max_tokens or int(self.config.max_position_embeddings),
+        )
 
-    @torch.inference_mode()
     def forward(
         self,
         x: torch.Tensor,
-        cache: DynamicCache,
+        cache: SessionKV,
         position: int,
         start: int | None = None,
         end: int | None = None,
     ) -> torch.Tensor:
-        """Run blocks `[start, end)` (global indices, default: all held) at `position`.
+        """One session alone: a batch of one (see `forward_batch`)."""
+        return self.forward_batch([x], [cache], [position], start, end)[0]
 
-        `x` is token ids [1, T] when `start == 0`, else hidden states [1, T, H]. Returns hidden
-        states [1, T, H], or when `end == L` the logits of the LAST position [1, V] (float32).
+    @torch.inference_mode()
+    def forward_batch(
+        self,
+        xs: Sequence[torch.Tensor],
+        caches: Sequence[SessionKV],
+        positions: Sequence[int],
+        start: int | None = None,
+        end: int | None = None,
+    ) -> list[torch.Tensor]:
+        """Run blocks `[start, end)` (global indices, default: all held) for several sessions
+        as one packed batch; session i's new tokens start at `positions[i]`.
+
+        Each `xs[i]` is token ids [1, T_i] when `start == 0`, else hidden states [1, T_i, H].
+        Returns, per session, hidden states [1, T_i, H], or when `end == L` the logits of its
+        last position [1, V] (float32). Each cache must have room (`SessionKV.reserve`) for
+        `positions[i] + T_i` tokens is made on demand; on success each cache's `length` is
+        its session's new end (a position before the old end rewinds: the step replaces what
+        followed). On failure the caches are left as they were before the call, but for
+        scratch positions past each `length`.
         """
         a = (self.start if start is None else start) - self.start
         b = (self.end if end is None else end) - self.start
+        counts = [int(x.shape[1]) for x in xs]
+        for cache, pos, t in zip(caches, positions, counts, strict=True):
+            cache.length = min(cache.length, pos)  # what follows `pos` is replaced
+            cache.reserve(pos + t)
+        x = xs[0] if len(xs) == 1 else torch.cat(list(xs), dim=1)
         if a == 0 and self.first:
             h = self.body.embed_tokens(x)
         else:
             h = x.to(self.dtype)
-        t = h.shape[1]
-        position_ids = torch.arange(position, position + t).unsqueeze(0)
-        masks = self._masks(h, cache, position_ids, a)
+        position_ids = torch.cat(
+            [torch.arange(p, p + t) for p, t in zip(positions, counts, strict=True)]
+        ).unsqueeze(0)
+        packed = Packed(caches, positions, counts, a)
+        cache = PackedCache(packed)
         pe = self.body.rotary_emb(h, position_ids=position_ids)
-        types = self._layer_types()
         for i in range(a, b):
             h = self.body.layers[i](
                 h,
-                attention_mask=masks[types[i]],
+                attention_mask=None,
                 position_embeddings=pe,
                 position_ids=position_ids,
-                past_key_values=cache,
+                cache=cache,
                 use_cache=True,
+                tessera_packed=packed,
             )
-        if b + self.start == self.num_blocks:
-            h = self.body.norm(h)[:, -1:, :]  # norm all rows, as the whole model does (bit-exact)
-            return self.lm_head(h)[:, -1, :].float()  # type: ignore[misc]
-        return h
-
-    def _layer_types(self) -> list[str]:
-        types = getattr(self.config, "layer_types", None)
-        if types:
-            return list(types)
-        sliding = (
-            getattr(self.config, "sliding_window", None) and self.config.model_type == "mistral"
-        )
-        kind = "sliding_attention" if sliding else "full_attention"
-        return [kind] * int(self.config.num_hidden_layers)
-
-    def _masks(
-        self, h: torch.Tensor, cache: DynamicCache, position_ids: torch.Tensor, layer: int
-    ) -> dict[str, Any]:
-        # Sized against the session's first layer: the same mask the whole model builds.
-        kwargs = dict(
-            config=self.config,
-            inputs_embeds=h,
-            attention_mask=None,
-            past_key_values=cache,
-            position_ids=position_ids,
-            layer_idx=layer,
-        )
-        masks: dict[str, Any] = {"full_attention": create_causal_mask(**kwargs)}  # type: ignore[arg-type]
-        if "sliding_attention" in self._layer_types():
-            masks["sliding_attention"] = create_sliding_window_causal_mask(**kwargs)  # type: ignore[arg-type]
-        return masks
+        for cache, pos, t in zip(caches, positions, counts, strict=True):
+            cache.length = pos + t
+        if b + self.start < self.num_blocks:
+            return list(torch.split(h, counts, dim=1))
+        h = self.body.norm(h)  # norm all rows, as the whole model does (bit-exact)
+        last = torch.tensor([sum(counts[: i + 1]) - 1 for i in range(len(counts))])
+        logits = self.lm_head(h[0, last].unsqueeze(1))  # type: ignore[misc]
+        return [row.float() for row in logits[:, -1, :].split(1, dim=0)]
 
 
 def _tensor_files(directory: pathlib.Path) -> dict[str, pathlib.Path]:
@@ -155,10 +169,9 @@ def load_stage(directory: pathlib.Path, start: int, end: int, dtype: str = "floa
     cfg.num_hidden_layers = end - start
     if getattr(cfg, "layer_types", None):
         cfg.layer_types = list(cfg.layer_types)[start:end]
-    cfg._attn_implementation = "sdpa"
     torch_dtype = DTYPES[dtype]
     with torch.device("meta"):
-        body = AutoModel.from_config(cfg, dtype=torch_dtype, attn_implementation="sdpa")
+        body = AutoModel.from_config(cfg, dtype=torch_dtype, attn_implementation=ATTN_IMPLEMENTATION)
         lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False) if end == n else None
     if start > 0:
         body.embed_tokens = None

@@ -1,9 +1,9 @@
 """The stage server: the stage protocol of `tessera.api.stage` over FastAPI.
 
 Loading and a short calibration run on a background thread at start-up, so `/healthz` answers
-at once and `/readyz` turns 200 when the stage can serve. All torch work runs on ONE compute
-thread (steps of different sessions queue there, like on one device); the event loop only
-parses, validates and answers. Errors of the `tessera.errors` vocabulary are mapped to HTTP in
+at once and `/readyz` turns 200 when the stage can serve. Then all torch work runs on ONE
+compute thread, the continuous-batching loop of `scheduler.Scheduler`: every session's pending
+step joins the next forward pass. The event loop only parses, validates and answers. Errors of the `tessera.errors` vocabulary are mapped to HTTP in
 `_error_response`, the one place for this edge.
 """
 
@@ -35,17 +35,15 @@ from tessera.api import stage as wire
 from tessera.errors import Busy, InvalidInput, NotFound, TesseraError, Unavailable
 
 from .auth import TokenAuth
+from .batch import PAGE_TOKENS
 from .blocks import StageModel
 from .calibrate import Calibration, calibrate
-from .sampling import Sampling, sample
+from .sampling import Sampling
+from .scheduler import BatchStats, PositionAhead, Result, Scheduler, Step, as_future_callback
 from .sessions import SessionTable
 from .tensors import decode_tensor, encode_tensor
 
 log = logging.getLogger("tessera.worker")
-
-
-class PositionAhead(TesseraError):
-    """A step starts after the session's end: a step in between is missing."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +57,8 @@ class WorkerSettings:
     speed_factor: float = 1.0
     delay_s: float = 0.0
     idle_timeout_s: float = 120.0
+    max_batch_tokens: int = 128  # tokens in one batched forward (decodes plus prefill chunks)
+    page_tokens: int = PAGE_TOKENS
 
 
 class Worker:
@@ -72,6 +72,7 @@ class Worker:
         self.calibration = Calibration(0.0, 0.0)
         self.error: str | None = None
         self.compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
+        self.scheduler: Scheduler | None = None
         self.registry = CollectorRegistry()
         self.m_active = Gauge(
             "tessera_stage_sessions_active", "Open sessions", registry=self.registry
@@ -87,12 +88,29 @@ class Worker:
             registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
+        self.m_batch = Histogram(
+            "tessera_stage_batch_sessions",
+            "Sessions in one batched forward",
+            registry=self.registry,
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+        )
+        self.m_batch_s = Histogram(
+            "tessera_stage_batch_seconds",
+            "Compute time of one batched forward",
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self.m_allocated = Gauge(
+            "tessera_stage_allocated_slots",
+            "KV pages (of one block) allocated now",
+            registry=self.registry,
+        )
         self.m_blocks.set(settings.end_block - settings.start_block)
 
     def load(self) -> None:
         try:
             stage: StageModel = self._loader()
-            slot_bytes = stage.cache_bytes_per_token * self.settings.max_length
+            slot_bytes = stage.cache_bytes_per_token * self.settings.page_tokens
             room = self.settings.memory_bytes - stage.weight_bytes
             if room < 0:
                 raise InvalidInput(
@@ -107,72 +125,73 @@ class Worker:
                 max_length=self.settings.max_length,
                 total_slots=room // slot_bytes,
                 decode_s_per_block=lambda: self.calibration.decode_s_per_block,
+                page_tokens=self.settings.page_tokens,
             )
+            self.scheduler = Scheduler(
+                stage,
+                max_batch_tokens=self.settings.max_batch_tokens,
+                speed_factor=self.settings.speed_factor,
+                on_batch=self._observe_batch,
+            )
+            threading.Thread(
+                target=self.scheduler.run_forever, name="batch-loop", daemon=True
+            ).start()
             self.stage = stage
             self._update_gauges()
             log.info(
-                "stage %s ready: blocks [%d, %d), %d KV slots, %.2f ms/block/decode step",
+                "stage %s ready: blocks [%d, %d), %d KV pages of %d tokens, "
+                "%.2f ms/block/decode step",
                 self.settings.name,
                 stage.start,
                 stage.end,
                 self.sessions.total_slots,
+                self.settings.page_tokens,
                 self.calibration.decode_s_per_block * 1e3,
             )
         except Exception as exc:  # reported by /readyz and /state; the process stays up to say so
             log.exception("loading the stage failed")
             self.error = str(exc)
 
-    def ready(self) -> tuple[StageModel, SessionTable]:
-        if self.stage is None or self.sessions is None:
+    def ready(self) -> tuple[StageModel, SessionTable, Scheduler]:
+        if self.stage is None or self.sessions is None or self.scheduler is None:
             raise Unavailable(self.error or "the stage is still loading")
-        return self.stage, self.sessions
+        return self.stage, self.sessions, self.scheduler
 
     def _update_gauges(self) -> None:
         if self.sessions is not None:
             self.m_active.set(len(self.sessions))
             self.m_free.set(self.sessions.free_slots)
+            self.m_allocated.set(self.sessions.pages_allocated())
 
-    def step(
+    def _observe_batch(self, stats: BatchStats) -> None:
+        self.m_batch.observe(stats.sessions)
+        self.m_batch_s.observe(stats.compute_s)
+        self.m_step.labels("decode" if stats.tokens == stats.sessions else "prefill").observe(
+            stats.compute_s
+        )
+
+    def submit(
         self, session_id: str, x: torch.Tensor, position: int, sampling: Sampling
-    ) -> tuple[torch.Tensor | wire.StepToken, float]:
-        """One prefill or decode step and its compute seconds (runs on the compute thread)."""
-        stage, sessions = self.ready()
+    ) -> asyncio.Future[Result]:
+        """Queue one step for the batching loop; the future resolves with (output, seconds)."""
+        _, sessions, scheduler = self.ready()
         session = sessions.get(session_id, time.monotonic())
-        if position > session.length:
-            raise PositionAhead(
-                f"step at position {position} but session {session_id!r} holds "
-                f"{session.length} tokens"
-            )
-        t = int(x.shape[1])
-        if position + t > session.max_length:
-            raise InvalidInput(
-                "x-shape",
-                f"{position + t} tokens exceed the session's max_length {session.max_length}",
-            )
-        if position < session.length:  # a retried or replayed step: rewind the cache first
-            if position == 0:
-                session.cache = stage.new_cache()
-            else:  # transformers 5 crops by a negative count of tokens to drop
-                session.cache.crop(position - session.length)
-            session.length = position
-        t0 = time.perf_counter()
-        try:
-            out = stage.forward(x, session.cache, position, session.start_block, session.end_block)
-        except Exception:  # the cache may hold part of this step: empty it (a replay rebuilds it)
-            session.cache, session.length = stage.new_cache(), 0
-            raise
-        session.length = position + t
-        result: torch.Tensor | wire.StepToken = out
-        if session.end_block == stage.num_blocks:
-            token, logprob = sample(out, sampling, position + t)
-            result = wire.StepToken(token=token, logprob=logprob, position=position + t)
-        elapsed = time.perf_counter() - t0
-        if self.settings.speed_factor > 1.0:  # emulate a slower device: hold it longer
-            time.sleep((self.settings.speed_factor - 1.0) * elapsed)
-            elapsed *= self.settings.speed_factor
-        self.m_step.labels("prefill" if t > 1 else "decode").observe(elapsed)
-        session.last_used_s = time.monotonic()
-        return result, elapsed
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Result] = loop.create_future()
+        scheduler.submit(Step(session, x, position, sampling, as_future_callback(loop, future)))
+        return future
+
+    def decode_input(self, session_id: str, data: bytes, dtype: str, shape: str) -> torch.Tensor:
+        stage, sessions, _ = self.ready()
+        session = sessions.get(session_id, time.monotonic())
+        return decode_tensor(
+            data,
+            dtype,
+            shape,
+            tokens=session.start_block == 0,
+            hidden_size=stage.hidden_size,
+            vocab_size=int(stage.config.vocab_size),
+        )
 
     def state(self) -> wire.StageState:
         s = self.settings
@@ -186,6 +205,9 @@ class Worker:
             max_length=s.max_length,
             total_slots=sessions.total_slots if sessions is not None else 0,
             free_slots=sessions.free_slots if sessions is not None else 0,
+            page_tokens=s.page_tokens,
+            allocated_slots=sessions.pages_allocated() if sessions is not None else 0,
+            queued_steps=self.scheduler.queued if self.scheduler is not None else 0,
             active_sessions=len(sessions) if sessions is not None else 0,
             decode_s_per_block=self.calibration.decode_s_per_block,
             prefill_s_per_block_per_token=self.calibration.prefill_s_per_block_per_token,
@@ -196,7 +218,14 @@ class Worker:
 
 
 def _error_response(exc: Exception) -> JSONResponse:
-    """The one mapping of errors to stage-protocol HTTP answers."""
+    status, body = _error_body(exc)
+    retry = body.retry_after_s
+    headers = {"Retry-After": str(max(1, round(retry)))} if retry is not None else None
+    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+
+
+def _error_body(exc: Exception) -> tuple[int, wire.StageError]:
+    """The one mapping of errors to stage-protocol statuses and bodies."""
     status, kind, retry = 500, "internal_error", None
     if isinstance(exc, Busy):
         status, kind, retry = 429, "busy", exc.retry_after_s
@@ -211,8 +240,7 @@ def _error_response(exc: Exception) -> JSONResponse:
     body = wire.StageError(
         error=wire.StageErrorBody(message=str(exc), type=kind, code=kind), retry_after_s=retry
     )
-    headers = {"Retry-After": str(max(1, round(retry)))} if retry is not None else None
-    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+    return status, body
 
 
 def build_app(worker: Worker, token: str | None = None) -> FastAPI:
@@ -224,12 +252,13 @@ def build_app(worker: Worker, token: str | None = None) -> FastAPI:
         expiry = asyncio.create_task(_expire_loop(worker))
         yield
         expiry.cancel()
+        if worker.scheduler is not None:
+            worker.scheduler.stop()
         worker.compute.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="tessera stage", lifespan=lifespan)
     if token is not None:
         app.add_middleware(TokenAuth, token=token)
-    loop_executor = worker.compute
 
     async def delayed(response: Response) -> Response:
         if worker.settings.delay_s > 0:  # emulated network delay between router and this node
@@ -240,7 +269,7 @@ def build_app(worker: Worker, token: str | None = None) -> FastAPI:
     async def open_session(request: Request) -> Response:
         try:
             req = wire.OpenSession.model_validate_json(await request.body())
-            stage, sessions = worker.ready()
+            stage, sessions, _ = worker.ready()
             session = sessions.open(
                 req.session_id,
                 req.start_block,
@@ -264,26 +293,19 @@ def build_app(worker: Worker, token: str | None = None) -> FastAPI:
     async def step(session_id: str, request: Request) -> Response:
         h = request.headers
         try:
-            stage, sessions = worker.ready()
-            session = sessions.get(session_id, time.monotonic())
-            x = decode_tensor(
+            x = worker.decode_input(
+                session_id,
                 await request.body(),
                 h.get(wire.HEADER_DTYPE, ""),
                 h.get(wire.HEADER_SHAPE, ""),
-                tokens=session.start_block == 0,
-                hidden_size=stage.hidden_size,
-                vocab_size=int(stage.config.vocab_size),
             )
-            position = _int_header(h, wire.HEADER_POSITION, 0)
             sampling = Sampling(
                 temperature=_float_header(h, wire.HEADER_TEMPERATURE, 0.0),
                 top_p=_float_header(h, wire.HEADER_TOP_P, 1.0),
                 seed=_int_header(h, wire.HEADER_SEED, 0),
             )
-            loop = asyncio.get_running_loop()
-            out, compute_s = await loop.run_in_executor(
-                loop_executor, worker.step, session_id, x, position, sampling
-            )
+            position = _int_header(h, wire.HEADER_POSITION, 0)
+            out, compute_s = await worker.submit(session_id, x, position, sampling)
         except (TesseraError, ValidationError) as exc:
             return await delayed(_error_response(exc))
         timing = {wire.HEADER_COMPUTE_S: f"{compute_s:.6f}"}  # lets callers split hop overhead
@@ -293,6 +315,56 @@ def build_app(worker: Worker, token: str | None = None) -> FastAPI:
         return await delayed(
             Response(content=data, media_type=wire.TENSOR_MEDIA_TYPE, headers={**headers, **timing})
         )
+
+    @app.post("/v1/steps")
+    async def steps(request: Request) -> Response:
+        """Several sessions' steps in one message; each gets its own result (see the protocol)."""
+        try:
+            worker.ready()
+            head, payload = wire.unpack(await request.body())
+            batch = wire.StepBatch.model_validate_json(head)
+            parts = wire.split_payload(payload, [s.nbytes for s in batch.steps])
+        except ValueError as exc:  # broken framing (pydantic's ValidationError is a ValueError)
+            return await delayed(_error_response(InvalidInput("body", str(exc))))
+        except TesseraError as exc:
+            return await delayed(_error_response(exc))
+
+        async def one(item: wire.StepIn, data: bytes) -> tuple[wire.StepOut, bytes]:
+            try:
+                x = worker.decode_input(item.session_id, data, item.dtype, item.shape)
+                sampling = Sampling(
+                    temperature=_in_range(wire.HEADER_TEMPERATURE, item.temperature, 0.0),
+                    top_p=_in_range(wire.HEADER_TOP_P, item.top_p, 1.0),
+                    seed=item.seed or 0,
+                )
+                out, compute_s = await worker.submit(item.session_id, x, item.position, sampling)
+            except (TesseraError, ValidationError) as exc:
+                status, body = _error_body(exc)
+                return wire.StepOut(
+                    session_id=item.session_id,
+                    status=status,
+                    error=body.error,
+                    retry_after_s=body.retry_after_s,
+                ), b""
+            if isinstance(out, wire.StepToken):
+                return wire.StepOut(
+                    session_id=item.session_id, status=200, token=out, compute_s=compute_s
+                ), b""
+            data_out, headers = encode_tensor(out)
+            return wire.StepOut(
+                session_id=item.session_id,
+                status=200,
+                dtype=headers[wire.HEADER_DTYPE],
+                shape=headers[wire.HEADER_SHAPE],
+                nbytes=len(data_out),
+                compute_s=compute_s,
+            ), data_out
+
+        done = await asyncio.gather(*(one(i, d) for i, d in zip(batch.steps, parts, strict=True)))
+        body = wire.pack(
+            wire.StepResults(results=[r for r, _ in done]), [d for _, d in done]
+        )
+        return await delayed(Response(content=body, media_type=wire.TENSOR_MEDIA_TYPE))
 
     @app.post("/v1/sessions/{session_id}/close")
     async def close(session_id: str) -> Response:
@@ -346,6 +418,12 @@ def _float_header(headers: Any, name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise InvalidInput(name, f"{raw!r} is not a number") from None
+    return _in_range(name, value, default)
+
+
+def _in_range(name: str, value: float | None, default: float) -> float:
+    if value is None:
+        return default
     if not 0.0 <= value <= 100.0:
         raise InvalidInput(name, f"{value} is out of range")
     return value

@@ -1,9 +1,14 @@
 """Sessions of a worker: one KV cache each, admitted by memory, expired when idle.
 
-A KV *slot* is the cache of one block for one session at the worker's maximum length (the unit
-of the placement: `cache_bytes_per_token * max_length`). A session over `[a, b)` holds `b - a`
-slots for its whole life, so admission is exact: the sum of held slots never exceeds what fits
-beside the weights. The clock is passed in (monotonic seconds) so that expiry is testable.
+A KV *slot* is one page of one block: `page_tokens` tokens of keys and values
+(`cache_bytes_per_token * page_tokens` bytes). A session over `[a, b)` that declares
+`max_length` tokens (its prompt plus max_tokens) reserves `(b - a) * ceil(max_length /
+page_tokens)` slots at open and keeps them for its life, so admission is exact and a session
+never runs out of memory mid-answer: when slots run out, the *open* is refused (429 `Busy`,
+with a retry hint) and the router queues the request; nothing is preempted. The cache itself
+is allocated page by page as the session grows (`batch.SessionKV`), so a short answer never
+touches most of its reservation. The clock is passed in (monotonic seconds) so that expiry is
+testable.
 """
 
 from __future__ import annotations
@@ -23,9 +28,14 @@ class Session:
     end_block: int
     max_length: int
     slots: int
-    cache: Any  # the engine's KV cache object
-    length: int = 0  # tokens in the cache
+    cache: Any  # the engine's KV cache object (`batch.SessionKV`: its `length` is the truth)
     last_used_s: float = 0.0
+    closed: bool = False  # set on close or expiry; a queued step of it then fails NotFound
+
+    @property
+    def length(self) -> int:
+        """Tokens in the cache."""
+        return int(self.cache.length)
 
 
 class SessionTable:
@@ -37,11 +47,13 @@ class SessionTable:
         max_length: int,
         total_slots: int,
         decode_s_per_block: Callable[[], float],
+        page_tokens: int,
     ) -> None:
         self.start_block = start_block
         self.end_block = end_block
         self.max_length = max_length
         self.total_slots = total_slots
+        self.page_tokens = page_tokens
         self._decode_s_per_block = decode_s_per_block
         self._sessions: dict[str, Session] = {}
         self._lock = threading.Lock()  # steps run on a compute thread, opens on the event loop
@@ -63,7 +75,7 @@ class SessionTable:
         start_block: int,
         end_block: int,
         max_length: int,
-        new_cache: Callable[[], Any],
+        new_cache: Callable[[int, int, int], Any],
         now_s: float,
     ) -> Session:
         if not self.start_block <= start_block < end_block <= self.end_block:
@@ -76,18 +88,18 @@ class SessionTable:
             raise InvalidInput(
                 "max_length", f"{max_length} exceeds this worker's maximum of {self.max_length}"
             )
-        slots = end_block - start_block
+        slots = (end_block - start_block) * -(-max_length // self.page_tokens)
         with self._lock:
             if session_id in self._sessions:
                 raise InvalidInput("session_id", f"session {session_id!r} is already open")
             if slots > self.free_slots:
                 raise Busy(
-                    f"no room: {self.free_slots} free KV slots, the session needs {slots}",
+                    f"no room: {self.free_slots} free KV pages, the session needs {slots} "
+                    f"({end_block - start_block} blocks x {max_length} tokens)",
                     retry_after_s=self._retry_after_s(),
                 )
-            session = Session(
-                session_id, start_block, end_block, max_length, slots, new_cache(), 0, now_s
-            )
+            cache = new_cache(max_length, start_block, end_block)
+            session = Session(session_id, start_block, end_block, max_length, slots, cache, now_s)
             self._sessions[session_id] = session
             return session
 
@@ -100,7 +112,18 @@ class SessionTable:
 
     def close(self, session_id: str) -> bool:
         with self._lock:
-            return self._sessions.pop(session_id, None) is not None
+            session = self._sessions.pop(session_id, None)
+        if session is None:
+            return False
+        session.closed = True
+        return True
+
+    def pages_allocated(self) -> int:
+        """KV pages actually allocated (times blocks), at most what is reserved."""
+        return sum(
+            int(s.cache.pages_allocated) * (s.end_block - s.start_block)
+            for s in list(self._sessions.values())
+        )
 
     def expire(self, now_s: float, idle_timeout_s: float) -> list[str]:
         with self._lock:
@@ -108,7 +131,7 @@ class SessionTable:
                 sid for sid, s in self._sessions.items() if now_s - s.last_used_s > idle_timeout_s
             ]
             for sid in old:
-                del self._sessions[sid]
+                self._sessions.pop(sid).closed = True
         return old
 
     def _retry_after_s(self) -> float:

@@ -1,0 +1,240 @@
+"""Continuous batching on one stage: one loop, one forward pass per iteration for every session
+with work pending.
+
+Steps arrive from the HTTP routes (any thread) with `submit`. Each iteration of the loop, on the
+compute thread, takes every pending decode step (one token each) and fills the rest of a token
+budget (`max_batch_tokens`) with prefill chunks, oldest first, then runs them as one packed
+forward (`StageModel.forward_batch`, grouped by block range). Sessions join and leave between
+iterations. A long prompt is prefilled a chunk per iteration, so that it never stalls the other
+sessions' decodes for longer than one budget's worth of tokens (vLLM's chunked prefill).
+
+A step that cannot run (session closed, position ahead, past its max_length) fails alone; a
+forward that raises fails the steps of its group and leaves their caches as they were before.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from tessera.api import stage as wire
+from tessera.errors import InvalidInput, NotFound, TesseraError
+
+from .blocks import StageModel
+from .sampling import Sampling, sample
+from .sessions import Session
+
+log = logging.getLogger("tessera.worker")
+
+
+class PositionAhead(TesseraError):
+    """A step starts after the session's end: a step in between is missing."""
+
+
+Result = tuple[torch.Tensor | wire.StepToken, float]  # (output, compute seconds of its batches)
+
+
+@dataclass(eq=False)
+class Step:
+    session: Session
+    x: torch.Tensor  # [1, T] token ids or [1, T, H] hidden states
+    position: int
+    sampling: Sampling
+    done: Callable[[Result | BaseException], None]  # called once, on the compute thread
+    offset: int = 0  # tokens of x already run (chunked prefill)
+    outputs: list[torch.Tensor] = field(default_factory=list)
+    compute_s: float = 0.0
+    started: bool = False
+
+    @property
+    def tokens(self) -> int:
+        return int(self.x.shape[1])
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    sessions: int
+    tokens: int
+    compute_s: float
+
+
+class Scheduler:
+    def __init__(
+        self,
+        stage: StageModel,
+        *,
+        max_batch_tokens: int = 128,
+        speed_factor: float = 1.0,
+        on_batch: Callable[[BatchStats], None] | None = None,
+    ) -> None:
+        if max_batch_tokens < 1:
+            raise InvalidInput("--max-batch-tokens", "must be at least 1")
+        self.stage = stage
+        self.max_batch_tokens = max_batch_tokens
+        self.speed_factor = speed_factor
+        self.on_batch = on_batch
+        self._pending: list[Step] = []  # arrival order
+        self._cond = threading.Condition()
+        self._stopped = False
+
+    def submit(self, step: Step) -> None:
+        with self._cond:
+            if self._stopped:
+                raise TesseraError("the stage is shutting down")
+            self._pending.append(step)
+            self._cond.notify()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+
+    @property
+    def queued(self) -> int:
+        return len(self._pending)
+
+    def run_forever(self) -> None:
+        """The loop; returns after `stop`. Runs on the compute thread."""
+        while True:
+            with self._cond:
+                while not self._pending and not self._stopped:
+                    self._cond.wait()
+                if self._stopped:
+                    pending, self._pending = self._pending, []
+                    break
+            self.run_once()
+        for step in pending:
+            step.done(TesseraError("the stage is shutting down"))
+
+    def run_once(self) -> None:
+        batch = self._select()
+        groups: dict[tuple[int, int], list[tuple[Step, int]]] = {}
+        for step, n in batch:
+            key = (step.session.start_block, step.session.end_block)
+            groups.setdefault(key, []).append((step, n))
+        for (a, b), members in groups.items():
+            self._run_group(a, b, members)
+
+    def _select(self) -> list[tuple[Step, int]]:
+        """(step, tokens to run now): every decode, then prefill chunks within the budget."""
+        with self._cond:
+            pending = list(self._pending)
+        chosen: list[tuple[Step, int]] = []
+        budget = self.max_batch_tokens
+        seen: set[str] = set()  # one step per session per forward (a retry waits its turn)
+        drop: list[Step] = []
+        for want_decode in (True, False):
+            for step in pending:
+                sid = step.session.session_id
+                left = step.tokens - step.offset
+                if sid in seen or (left == 1) != want_decode or any(step is s for s, _ in chosen):
+                    continue
+                if not step.started and not self._admit(step):
+                    drop.append(step)
+                    continue
+                n = 1 if want_decode else min(left, budget)
+                if n <= 0 or (not want_decode and budget <= 0):
+                    continue
+                chosen.append((step, n))
+                seen.add(sid)
+                budget -= n
+        if drop:
+            with self._cond:
+                self._pending = [s for s in self._pending if s not in drop]
+        return chosen
+
+    def _admit(self, step: Step) -> bool:
+        """Checks when the step first runs (the session's length is only final then)."""
+        s = step.session
+        error: TesseraError | None = None
+        if s.closed:
+            error = NotFound(f"unknown session {s.session_id!r} (closed or expired)")
+        elif step.position > s.length:
+            error = PositionAhead(
+                f"step at position {step.position} but session {s.session_id!r} holds "
+                f"{s.length} tokens"
+            )
+        elif step.position + step.tokens > s.max_length:
+            error = InvalidInput(
+                "x-shape",
+                f"{step.position + step.tokens} tokens exceed the session's max_length "
+                f"{s.max_length}",
+            )
+        if error is not None:
+            step.done(error)
+            return False
+        step.started = True
+        return True
+
+    def _run_group(self, a: int, b: int, members: list[tuple[Step, int]]) -> None:
+        xs = [step.x[:, step.offset : step.offset + n] for step, n in members]
+        caches = [step.session.cache for step, _ in members]
+        positions = [step.position + step.offset for step, _ in members]
+        before = [c.length for c in caches]
+        t0 = time.perf_counter()
+        try:
+            outs = self.stage.forward_batch(xs, caches, positions, a, b)
+        except Exception as exc:  # each step's caller gets the error; the caches are restored
+            log.exception("a batched forward of %d sessions failed", len(members))
+            for cache, n in zip(caches, before, strict=True):
+                cache.length = n
+            self._finish([step for step, _ in members], exc)
+            return
+        elapsed = time.perf_counter() - t0
+        if self.speed_factor > 1.0:  # emulate a slower device: hold it longer
+            time.sleep((self.speed_factor - 1.0) * elapsed)
+            elapsed *= self.speed_factor
+        if self.on_batch is not None:
+            self.on_batch(BatchStats(len(members), sum(n for _, n in members), elapsed))
+        finished: list[tuple[Step, Result]] = []
+        for (step, n), out in zip(members, outs, strict=True):
+            step.offset += n
+            step.compute_s += elapsed
+            step.outputs.append(out)
+            if step.offset < step.tokens:
+                continue
+            step.session.last_used_s = time.monotonic()
+            finished.append((step, (self._result(step), step.compute_s)))
+        with self._cond:
+            done = {id(step) for step, _ in finished}
+            self._pending = [s for s in self._pending if id(s) not in done]
+        for step, result in finished:
+            step.done(result)
+
+    def _result(self, step: Step) -> torch.Tensor | wire.StepToken:
+        if step.session.end_block == self.stage.num_blocks:  # logits of the last position
+            end = step.position + step.tokens
+            token, logprob = sample(step.outputs[-1], step.sampling, end)
+            return wire.StepToken(token=token, logprob=logprob, position=end)
+        out = step.outputs
+        return out[0] if len(out) == 1 else torch.cat(out, dim=1)
+
+    def _finish(self, steps: list[Step], exc: BaseException) -> None:
+        with self._cond:
+            ids = {id(s) for s in steps}
+            self._pending = [s for s in self._pending if id(s) not in ids]
+        for step in steps:
+            step.done(exc)
+
+
+def as_future_callback(loop: Any, future: Any) -> Callable[[Result | BaseException], None]:
+    """A `Step.done` that resolves an asyncio future from the compute thread."""
+
+    def resolve(result: Result | BaseException) -> None:
+        def apply() -> None:
+            if future.done():  # the caller went away (cancelled): nothing to deliver
+                return
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+        loop.call_soon_threadsafe(apply)
+
+    return resolve
