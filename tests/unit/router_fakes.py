@@ -103,6 +103,9 @@ class FakeStage:
             max_length=2048,
             total_slots=self.total_slots,
             free_slots=free,
+            page_tokens=4096,  # one page holds any request here: a session needs a slot a block
+            allocated_slots=self.used,
+            queued_steps=0,
             active_sessions=len(self.sessions),
             decode_s_per_block=0.001,
             prefill_s_per_block_per_token=0.0001,

@@ -157,7 +157,9 @@ def unpack(body: bytes) -> tuple[bytes, memoryview]:
 def split_payload(payload: memoryview, sizes: list[int]) -> list[bytes]:
     """Cut the payload into the declared sizes; ValueError if they do not add up."""
     if sum(sizes) != len(payload):
-        raise ValueError(f"steps declare {sum(sizes)} payload bytes, the message has {len(payload)}")
+        raise ValueError(
+            f"steps declare {sum(sizes)} payload bytes, the message has {len(payload)}"
+        )
     out, at = [], 0
     for n in sizes:
         out.append(bytes(payload[at : at + n]))

@@ -21,8 +21,9 @@ from .paths import ChainGraph, FloatArray, best_chain, build_graph, linear_costs
 
 @dataclass(frozen=True)
 class ServerLoad:
-    free_slots: int  # (block, session) KV slots free now
+    free_slots: int  # KV slots free now: a slot is one block's memory for one unit of a session
     sessions: tuple[tuple[float, int], ...] = ()  # (remaining_s, slots held) of each active session
+    slots_per_block: int = 1  # slots the request being routed needs on each of its blocks here
 
 
 @dataclass(frozen=True)
@@ -113,9 +114,12 @@ def ws_rr(
     blocks = table.graph.blocks
     for name, load in loads.items():
         row = table.rows.get(name)
-        if row is None or load.free_slots >= blocks[row]:
+        per = load.slots_per_block
+        if row is None or load.free_slots >= blocks[row] * per:
             continue
-        waits[row] = np.array([wait_for_slots(load, k) for k in range(1, table.graph.kmax + 1)])
+        waits[row] = np.array(
+            [wait_for_slots(load, k * per) for k in range(1, table.graph.kmax + 1)]
+        )
     if waits or exclude:
         cost = base.copy()
         for row, wrow in waits.items():

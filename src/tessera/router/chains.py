@@ -185,7 +185,9 @@ class LiveChains:
         self.table = routing_table(self.problem, self.plan)
         self._measured = True
 
-    def loads(self, now_s: float) -> dict[str, ServerLoad]:
+    def loads(self, now_s: float, tokens: int = 0) -> dict[str, ServerLoad]:
+        """Each server's load in its own KV slots (pages of `page_tokens` tokens of one block),
+        with what a request of `tokens` tokens (prompt plus max_tokens) needs per block."""
         out: dict[str, ServerLoad] = {}
         for name, s in self.servers.items():
             if s.state is None:
@@ -193,7 +195,8 @@ class LiveChains:
             own_held = sum(slots for _, slots in s.own.values())
             free = min(s.state.free_slots - s.delta_slots, s.state.total_slots - own_held)
             sessions = tuple((max(end - now_s, 0.0), slots) for end, slots in s.own.values())
-            out[name] = ServerLoad(free_slots=max(free, 0), sessions=sessions)
+            per = -(-tokens // s.state.page_tokens) if tokens > 0 else 1
+            out[name] = ServerLoad(free_slots=max(free, 0), sessions=sessions, slots_per_block=per)
         return out
 
     def notify(self) -> None:
@@ -214,7 +217,7 @@ class LiveChains:
         return ws_rr(
             self.table,
             self.client_index,
-            self.loads(time.monotonic()),
+            self.loads(time.monotonic(), input_tokens + output_tokens),
             input_tokens=input_tokens,
             output_tokens=output_tokens,
             exclude=down,

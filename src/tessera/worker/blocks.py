@@ -14,8 +14,8 @@ from __future__ import annotations
 import copy
 import json
 import pathlib
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -55,8 +55,9 @@ class StageModel:
     def hidden_size(self) -> int:
         return int(self.config.hidden_size)
 
-    def new_cache(self, max_tokens: int | None = None, start: int | None = None,
-                  end: int | None = None) -> SessionKV:
+    def new_cache(
+        self, max_tokens: int | None = None, start: int | None = None, end: int | None = None
+    ) -> SessionKV:
         """An empty KV cache for a session over blocks `[start, end)` (default: all held)."""
         a = self.start if start is None else start
         b = self.end if end is None else end
@@ -171,7 +172,9 @@ def load_stage(directory: pathlib.Path, start: int, end: int, dtype: str = "floa
         cfg.layer_types = list(cfg.layer_types)[start:end]
     torch_dtype = DTYPES[dtype]
     with torch.device("meta"):
-        body = AutoModel.from_config(cfg, dtype=torch_dtype, attn_implementation=ATTN_IMPLEMENTATION)
+        body = AutoModel.from_config(
+            cfg, dtype=torch_dtype, attn_implementation=ATTN_IMPLEMENTATION
+        )
         lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False) if end == n else None
     if start > 0:
         body.embed_tokens = None

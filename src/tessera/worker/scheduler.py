@@ -84,10 +84,14 @@ class Scheduler:
         self._stopped = False
 
     def submit(self, step: Step) -> None:
+        self.submit_many([step])
+
+    def submit_many(self, steps: list[Step]) -> None:
+        """Queue steps at once, so that they join the same forward."""
         with self._cond:
             if self._stopped:
                 raise TesseraError("the stage is shutting down")
-            self._pending.append(step)
+            self._pending.extend(steps)
             self._cond.notify()
 
     def stop(self) -> None:

@@ -174,12 +174,29 @@ class Worker:
         self, session_id: str, x: torch.Tensor, position: int, sampling: Sampling
     ) -> asyncio.Future[Result]:
         """Queue one step for the batching loop; the future resolves with (output, seconds)."""
+        return self.submit_many([(session_id, x, position, sampling)])[0]
+
+    def submit_many(
+        self, steps: list[tuple[str, torch.Tensor, int, Sampling]]
+    ) -> list[asyncio.Future[Result]]:
+        """Queue steps together (they join the same forward); a future per step. A step whose
+        session is unknown gets its NotFound in its future."""
         _, sessions, scheduler = self.ready()
-        session = sessions.get(session_id, time.monotonic())
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[Result] = loop.create_future()
-        scheduler.submit(Step(session, x, position, sampling, as_future_callback(loop, future)))
-        return future
+        futures: list[asyncio.Future[Result]] = []
+        queued: list[Step] = []
+        now = time.monotonic()
+        for session_id, x, position, sampling in steps:
+            future: asyncio.Future[Result] = loop.create_future()
+            futures.append(future)
+            try:
+                session = sessions.get(session_id, now)
+            except NotFound as exc:
+                future.set_exception(exc)
+                continue
+            queued.append(Step(session, x, position, sampling, as_future_callback(loop, future)))
+        scheduler.submit_many(queued)
+        return futures
 
     def decode_input(self, session_id: str, data: bytes, dtype: str, shape: str) -> torch.Tensor:
         stage, sessions, _ = self.ready()
@@ -329,7 +346,10 @@ def build_app(worker: Worker, token: str | None = None) -> FastAPI:
         except TesseraError as exc:
             return await delayed(_error_response(exc))
 
-        async def one(item: wire.StepIn, data: bytes) -> tuple[wire.StepOut, bytes]:
+        # Decode every input first, then queue them all at once: they join the same forward.
+        errors: list[TesseraError | ValidationError | None] = []
+        steps_in: list[tuple[str, torch.Tensor, int, Sampling]] = []
+        for item, data in zip(batch.steps, parts, strict=True):
             try:
                 x = worker.decode_input(item.session_id, data, item.dtype, item.shape)
                 sampling = Sampling(
@@ -337,7 +357,21 @@ def build_app(worker: Worker, token: str | None = None) -> FastAPI:
                     top_p=_in_range(wire.HEADER_TOP_P, item.top_p, 1.0),
                     seed=item.seed or 0,
                 )
-                out, compute_s = await worker.submit(item.session_id, x, item.position, sampling)
+            except (TesseraError, ValidationError) as exc:
+                errors.append(exc)
+                continue
+            errors.append(None)
+            steps_in.append((item.session_id, x, item.position, sampling))
+        futures = iter(worker.submit_many(steps_in))
+        queued = [e if e is not None else next(futures) for e in errors]
+
+        async def one(
+            item: wire.StepIn, q: asyncio.Future[Result] | TesseraError | ValidationError
+        ) -> tuple[wire.StepOut, bytes]:
+            try:
+                if isinstance(q, Exception):
+                    raise q
+                out, compute_s = await q
             except (TesseraError, ValidationError) as exc:
                 status, body = _error_body(exc)
                 return wire.StepOut(
@@ -360,10 +394,8 @@ def build_app(worker: Worker, token: str | None = None) -> FastAPI:
                 compute_s=compute_s,
             ), data_out
 
-        done = await asyncio.gather(*(one(i, d) for i, d in zip(batch.steps, parts, strict=True)))
-        body = wire.pack(
-            wire.StepResults(results=[r for r, _ in done]), [d for _, d in done]
-        )
+        done = await asyncio.gather(*(one(i, q) for i, q in zip(batch.steps, queued, strict=True)))
+        body = wire.pack(wire.StepResults(results=[r for r, _ in done]), [d for _, d in done])
         return await delayed(Response(content=body, media_type=wire.TENSOR_MEDIA_TYPE))
 
     @app.post("/v1/sessions/{session_id}/close")
