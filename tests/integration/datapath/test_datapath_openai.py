@@ -217,21 +217,22 @@ def test_full_chains_give_429_with_retry_after(up, smollm2_dir):
     token = (up.run_dir / "worker-token").read_text().strip()
     stage = httpx.Client(headers={"authorization": f"Bearer {token}"})  # the deployment token
     state = stage.get(f"{small}/state").json()
-    held = []
-    while True:
-        r = stage.post(
-            f"{small}/v1/sessions",
-            json={
-                "session_id": f"filler-{len(held)}",
-                "start_block": state["start_block"],
-                "end_block": 30,
-                "max_length": 64,
-            },
-        )
-        if r.status_code == 429:
-            break
-        assert r.status_code == 200 and len(held) < 100
-        held.append(f"filler-{len(held)}")
+    held: list[str] = []
+    for tokens in (1024, state["page_tokens"]):  # big sessions, then one page a block to the brim
+        while True:
+            r = stage.post(
+                f"{small}/v1/sessions",
+                json={
+                    "session_id": f"filler-{len(held)}",
+                    "start_block": state["start_block"],
+                    "end_block": 30,
+                    "max_length": tokens,
+                },
+            )
+            if r.status_code == 429:
+                break
+            assert r.status_code == 200 and len(held) < 200
+            held.append(f"filler-{len(held)}")
     assert stage.get(f"{small}/state").json()["free_slots"] < 30 - state["start_block"]
     port = free_port()
     router = subprocess.Popen(
