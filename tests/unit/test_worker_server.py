@@ -151,3 +151,88 @@ def test_state_health_and_metric_names(first):
         "tessera_stage_blocks",
     ):
         assert name in text
+
+
+def _steps(c, steps):
+    """POST /v1/steps: [(sid, ids or (bytes, dtype, shape), position, extra)] -> (status, results)."""
+    from tessera.api import stage as wire
+
+    items, payloads = [], []
+    for sid, x, pos, extra in steps:
+        data, dtype, shape = x if isinstance(x, tuple) else (*tokens(x)[:1], "int64", f"1,{len(x)}")
+        items.append(
+            wire.StepIn(
+                session_id=sid, position=pos, dtype=dtype, shape=shape, nbytes=len(data), **extra
+            )
+        )
+        payloads.append(data)
+    r = c.post("/v1/steps", content=wire.pack(wire.StepBatch(steps=items), payloads))
+    if r.status_code != 200:
+        return r.status_code, r.json()
+    head, payload = wire.unpack(r.content)
+    results = wire.StepResults.model_validate_json(head).results
+    return 200, list(
+        zip(results, wire.split_payload(payload, [x.nbytes for x in results]), strict=True)
+    )
+
+
+def test_one_message_carries_many_sessions_and_each_gets_its_own_result(first, last):
+    prompts = {"m1": [5, 17, 42], "m2": [9, 8, 7, 6, 5, 4], "m3": [1]}
+    for sid in prompts:
+        assert open_(first, sid, 0, 4).status_code == 200
+        assert open_(last, sid, 4, 8).status_code == 200
+    alone = {sid: relay(first, last, sid, ids, 0) for sid, ids in prompts.items()}
+    # The same prefills again (a rewind to 0), all in one message per stage, plus a bad step.
+    status, hidden = _steps(
+        first, [(sid, ids, 0, {}) for sid, ids in prompts.items()] + [("nope", [1], 0, {})]
+    )
+    assert status == 200 and [r.status for r, _ in hidden] == [200, 200, 200, 404]
+    status, out = _steps(
+        last,
+        [
+            (sid, (data, r.dtype, r.shape), 0, {"temperature": 0.0})
+            for sid, (r, data) in zip(prompts, hidden, strict=False)
+        ],
+    )
+    assert status == 200
+    assert [r.token.model_dump() for r, _ in out] == [alone[s] for s in prompts]
+    # A step ahead of its session fails alone (409); the others in the message still run.
+    status, mixed = _steps(first, [("m1", [3], 3, {}), ("m2", [3], 99, {})])
+    assert [r.status for r, _ in mixed] == [200, 409]
+    assert mixed[1][0].error.code == "position_ahead"
+    for sid in prompts:
+        first.post(f"/v1/sessions/{sid}/close")
+        last.post(f"/v1/sessions/{sid}/close")
+
+
+def test_a_broken_message_is_a_400_naming_the_body(first):
+    r = first.post("/v1/steps", content=b"\x10\x00")
+    assert r.status_code == 400 and "body" in r.json()["error"]["message"]
+    from tessera.api import stage as wire
+
+    batch = wire.StepBatch(
+        steps=[wire.StepIn(session_id="a", position=0, dtype="int64", shape="1,1", nbytes=8)]
+    )
+    r = first.post("/v1/steps", content=wire.pack(batch, [b"\x00" * 4]))  # 4 bytes, not 8
+    assert r.status_code == 400 and "payload" in r.json()["error"]["message"]
+
+
+def test_pages_come_back_after_a_thousand_sessions(first):
+    """Open, step and close 1,000 sessions (some never stepped, some left to expire): every
+    reserved and allocated page is free again, and admission never went past the total."""
+    before = first.get("/state").json()
+    assert before["allocated_slots"] == 0
+    for i in range(1000):
+        sid = f"leak-{i}"
+        assert open_(first, sid, 0, 4, n=48).status_code == 200
+        if i % 3:
+            status, res = _steps(first, [(sid, [i % 300, 1, 2], 0, {})])
+            assert res[0][0].status == 200
+        if i % 10 == 0:
+            state = first.get("/state").json()
+            assert 0 <= state["free_slots"] <= state["total_slots"]
+            assert state["allocated_slots"] <= state["total_slots"] - state["free_slots"]
+        first.post(f"/v1/sessions/{sid}/close")
+    after = first.get("/state").json()
+    assert after["free_slots"] == after["total_slots"] == before["total_slots"]
+    assert after["allocated_slots"] == 0 and after["active_sessions"] == 0

@@ -14,12 +14,12 @@ forward that raises fails the steps of its group and leaves their caches as they
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
@@ -227,18 +227,33 @@ class Scheduler:
             step.done(exc)
 
 
-def as_future_callback(loop: Any, future: Any) -> Callable[[Result | BaseException], None]:
-    """A `Step.done` that resolves an asyncio future from the compute thread."""
+class FutureResolver:
+    """Resolves asyncio futures from the compute thread with ONE wake-up of the event loop per
+    batch, however many steps finished in it (a wake-up per future costs a self-pipe write and
+    a loop turn each: measurable at 32 sessions a step)."""
 
-    def resolve(result: Result | BaseException) -> None:
-        def apply() -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._lock = threading.Lock()
+        self._ready: list[tuple[asyncio.Future[Result], Result | BaseException]] = []
+
+    def callback(self, future: asyncio.Future[Result]) -> Callable[[Result | BaseException], None]:
+        def resolve(result: Result | BaseException) -> None:
+            with self._lock:
+                first = not self._ready
+                self._ready.append((future, result))
+            if first:
+                self.loop.call_soon_threadsafe(self._apply)
+
+        return resolve
+
+    def _apply(self) -> None:
+        with self._lock:
+            ready, self._ready = self._ready, []
+        for future, result in ready:
             if future.done():  # the caller went away (cancelled): nothing to deliver
-                return
+                continue
             if isinstance(result, BaseException):
                 future.set_exception(result)
             else:
                 future.set_result(result)
-
-        loop.call_soon_threadsafe(apply)
-
-    return resolve

@@ -39,9 +39,9 @@ from .batch import PAGE_TOKENS
 from .blocks import StageModel
 from .calibrate import Calibration, calibrate
 from .sampling import Sampling
-from .scheduler import BatchStats, PositionAhead, Result, Scheduler, Step, as_future_callback
+from .scheduler import BatchStats, FutureResolver, PositionAhead, Result, Scheduler, Step
 from .sessions import SessionTable
-from .tensors import decode_tensor, encode_tensor
+from .tensors import decode_many, decode_tensor, encode_tensor
 
 log = logging.getLogger("tessera.worker")
 
@@ -73,6 +73,7 @@ class Worker:
         self.error: str | None = None
         self.compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
         self.scheduler: Scheduler | None = None
+        self._resolver: FutureResolver | None = None
         self.registry = CollectorRegistry()
         self.m_active = Gauge(
             "tessera_stage_sessions_active", "Open sessions", registry=self.registry
@@ -183,6 +184,8 @@ class Worker:
         session is unknown gets its NotFound in its future."""
         _, sessions, scheduler = self.ready()
         loop = asyncio.get_running_loop()
+        if self._resolver is None or self._resolver.loop is not loop:
+            self._resolver = FutureResolver(loop)
         futures: list[asyncio.Future[Result]] = []
         queued: list[Step] = []
         now = time.monotonic()
@@ -194,9 +197,32 @@ class Worker:
             except NotFound as exc:
                 future.set_exception(exc)
                 continue
-            queued.append(Step(session, x, position, sampling, as_future_callback(loop, future)))
+            queued.append(Step(session, x, position, sampling, self._resolver.callback(future)))
         scheduler.submit_many(queued)
         return futures
+
+    def decode_inputs(
+        self, items: list[wire.StepIn], parts: list[bytes]
+    ) -> list[torch.Tensor | TesseraError]:
+        """The inputs of one message's steps, each validated for its session's first block."""
+        stage, sessions, _ = self.ready()
+        now = time.monotonic()
+        out: list[torch.Tensor | TesseraError | None] = []
+        todo: list[tuple[bytes, str, str, bool]] = []
+        for item, data in zip(items, parts, strict=True):
+            try:
+                first = sessions.get(item.session_id, now).start_block == 0
+            except NotFound as exc:
+                out.append(exc)
+                continue
+            out.append(None)
+            todo.append((data, item.dtype, item.shape, first))
+        decoded = iter(
+            decode_many(
+                todo, hidden_size=stage.hidden_size, vocab_size=int(stage.config.vocab_size)
+            )
+        )
+        return [x if x is not None else next(decoded) for x in out]
 
     def decode_input(self, session_id: str, data: bytes, dtype: str, shape: str) -> torch.Tensor:
         stage, sessions, _ = self.ready()
@@ -349,9 +375,10 @@ def build_app(worker: Worker, token: str | None = None) -> FastAPI:
         # Decode every input first, then queue them all at once: they join the same forward.
         errors: list[TesseraError | ValidationError | None] = []
         steps_in: list[tuple[str, torch.Tensor, int, Sampling]] = []
-        for item, data in zip(batch.steps, parts, strict=True):
+        for item, x in zip(batch.steps, worker.decode_inputs(batch.steps, parts), strict=True):
             try:
-                x = worker.decode_input(item.session_id, data, item.dtype, item.shape)
+                if isinstance(x, TesseraError):
+                    raise x
                 sampling = Sampling(
                     temperature=_in_range(wire.HEADER_TEMPERATURE, item.temperature, 0.0),
                     top_p=_in_range(wire.HEADER_TOP_P, item.top_p, 1.0),
@@ -365,36 +392,41 @@ def build_app(worker: Worker, token: str | None = None) -> FastAPI:
         futures = iter(worker.submit_many(steps_in))
         queued = [e if e is not None else next(futures) for e in errors]
 
-        async def one(
-            item: wire.StepIn, q: asyncio.Future[Result] | TesseraError | ValidationError
-        ) -> tuple[wire.StepOut, bytes]:
-            try:
-                if isinstance(q, Exception):
-                    raise q
-                out, compute_s = await q
-            except (TesseraError, ValidationError) as exc:
-                status, body = _error_body(exc)
-                return wire.StepOut(
+        waiting = [q for q in queued if isinstance(q, asyncio.Future)]
+        if waiting:
+            await asyncio.wait(waiting)
+        done: list[tuple[wire.StepOut, bytes]] = []
+        for item, q in zip(batch.steps, queued, strict=True):
+            exc = q if isinstance(q, Exception) else q.exception()
+            if exc is not None:
+                if not isinstance(exc, TesseraError | ValidationError):
+                    raise exc
+                status, error = _error_body(exc)
+                out = wire.StepOut(
                     session_id=item.session_id,
                     status=status,
-                    error=body.error,
-                    retry_after_s=body.retry_after_s,
-                ), b""
-            if isinstance(out, wire.StepToken):
-                return wire.StepOut(
-                    session_id=item.session_id, status=200, token=out, compute_s=compute_s
-                ), b""
-            data_out, headers = encode_tensor(out)
-            return wire.StepOut(
+                    error=error.error,
+                    retry_after_s=error.retry_after_s,
+                )
+                done.append((out, b""))
+                continue
+            result, compute_s = q.result()
+            if isinstance(result, wire.StepToken):
+                out = wire.StepOut(
+                    session_id=item.session_id, status=200, token=result, compute_s=compute_s
+                )
+                done.append((out, b""))
+                continue
+            data_out, headers = encode_tensor(result)
+            out = wire.StepOut(
                 session_id=item.session_id,
                 status=200,
                 dtype=headers[wire.HEADER_DTYPE],
                 shape=headers[wire.HEADER_SHAPE],
                 nbytes=len(data_out),
                 compute_s=compute_s,
-            ), data_out
-
-        done = await asyncio.gather(*(one(i, q) for i, q in zip(batch.steps, queued, strict=True)))
+            )
+            done.append((out, data_out))
         body = wire.pack(wire.StepResults(results=[r for r, _ in done]), [d for _, d in done])
         return await delayed(Response(content=body, media_type=wire.TENSOR_MEDIA_TYPE))
 
