@@ -37,6 +37,11 @@ def add_parser(sub: Any) -> None:
         help="tokens in one batched forward: every decode plus prefill chunks (default 128)",
     )
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="torch device: auto (the first CUDA GPU if any, else cpu), cpu, cuda, cuda:N",
+    )
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     p.add_argument(
         "--speed-factor",
@@ -89,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     import torch  # noqa: PLC0415 - heavy: only for this command
     import uvicorn
 
-    from tessera.worker.blocks import load_stage
+    from tessera.worker.blocks import load_stage, pick_device
     from tessera.worker.convert import ensure_local
     from tessera.worker.server import Worker, WorkerSettings, build_app
 
@@ -108,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
         idle_timeout_s=args.idle_timeout_s,
         max_batch_tokens=args.max_batch_tokens,
     )
-    worker = Worker(settings, lambda: load_stage(directory, start, end, args.dtype))
+    device = pick_device(args.device)
+    worker = Worker(settings, lambda: load_stage(directory, start, end, args.dtype, device))
     uvicorn.run(
         build_app(worker, token),
         host=args.host,

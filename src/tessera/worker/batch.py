@@ -49,6 +49,7 @@ class SessionKV:
     dtype: torch.dtype
     max_tokens: int
     page_tokens: int = PAGE_TOKENS
+    device: torch.device = torch.device("cpu")
     length: int = 0
     keys: list[torch.Tensor] = field(default_factory=list)
     values: list[torch.Tensor] = field(default_factory=list)
@@ -70,8 +71,11 @@ class SessionKV:
         cap = max(cap, pages_for(tokens, self.page_tokens)) * self.page_tokens
         shape = (1, self.kv_heads, cap, self.head_dim)
         old_k, old_v, n = self.keys, self.values, self.length
-        self.keys = [torch.empty(shape, dtype=self.dtype) for _ in range(self.num_layers)]
-        self.values = [torch.empty(shape, dtype=self.dtype) for _ in range(self.num_layers)]
+        new = [
+            torch.empty(shape, dtype=self.dtype, device=self.device)
+            for _ in range(2 * self.num_layers)
+        ]
+        self.keys, self.values = new[: self.num_layers], new[self.num_layers :]
         for new, old in ((self.keys, old_k), (self.values, old_v)):
             for dst, src in zip(new, old, strict=False):
                 dst[:, :, :n] = src[:, :, :n]
@@ -112,16 +116,16 @@ class PackedCache:
         return key, value  # the attention below reads each session's own cache instead
 
 
-def _mask(past: int, t: int, window: int | None) -> torch.Tensor | None:
+def _mask(past: int, t: int, window: int | None, device: torch.device) -> torch.Tensor | None:
     """The mask the whole model would use for `t` new tokens after `past` (None: plain causal)."""
     total = past + t
     if window is None or total <= window:
         if past == 0 or t == 1:
             return None  # SDPA's causal flag (prefill from 0) or no mask (one query)
-        q = torch.arange(past, total).unsqueeze(1)
-        return (torch.arange(total).unsqueeze(0) <= q)[None, None]
-    q = torch.arange(past, total).unsqueeze(1)
-    k = torch.arange(total).unsqueeze(0)
+        q = torch.arange(past, total, device=device).unsqueeze(1)
+        return (torch.arange(total, device=device).unsqueeze(0) <= q)[None, None]
+    q = torch.arange(past, total, device=device).unsqueeze(1)
+    k = torch.arange(total, device=device).unsqueeze(0)
     return ((k <= q) & (k > q - window))[None, None]
 
 
@@ -145,7 +149,12 @@ def ragged_attention(
         k = kv.keys[layer][:, :, :end]
         v = kv.values[layer][:, :, :end]
         out, _ = sdpa_attention_forward(
-            module, query[:, :, a:b], k, v, _mask(pos, b - a, sliding_window), **kwargs
+            module,
+            query[:, :, a:b],
+            k,
+            v,
+            _mask(pos, b - a, sliding_window, query.device),
+            **kwargs,
         )
         outs.append(out)
     return (outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)), None

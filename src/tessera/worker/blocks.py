@@ -42,6 +42,7 @@ class StageModel:
     dtype: torch.dtype
     weight_bytes: int
     cache_bytes_per_token: int  # of ONE block
+    device: torch.device = torch.device("cpu")
 
     @property
     def first(self) -> bool:
@@ -68,6 +69,7 @@ class StageModel:
             head_dim=int(getattr(self.config, "head_dim", None) or self.hidden_size // heads),
             dtype=self.dtype,
             max_tokens=max_tokens or int(self.config.max_position_embeddings),
+            device=self.device,
         )
 
     def forward(
@@ -107,7 +109,7 @@ class StageModel:
         for cache, pos, t in zip(caches, positions, counts, strict=True):
             cache.length = min(cache.length, pos)  # what follows `pos` is replaced
             cache.reserve(pos + t)
-        x = xs[0] if len(xs) == 1 else torch.cat(list(xs), dim=1)
+        x = (xs[0] if len(xs) == 1 else torch.cat(list(xs), dim=1)).to(self.device)
         if a == 0 and self.first:
             h = self.body.embed_tokens(x)
         else:
@@ -115,6 +117,7 @@ class StageModel:
         position_ids = torch.cat(
             [torch.arange(p, p + t) for p, t in zip(positions, counts, strict=True)]
         ).unsqueeze(0)
+        position_ids = position_ids.to(self.device)
         packed = Packed(caches, positions, counts, a)
         cache = PackedCache(packed)
         pe = self.body.rotary_emb(h, position_ids=position_ids)
@@ -134,8 +137,8 @@ class StageModel:
             return list(torch.split(h, counts, dim=1))
         h = self.body.norm(h)  # norm all rows, as the whole model does (bit-exact)
         last = torch.tensor([sum(counts[: i + 1]) - 1 for i in range(len(counts))])
-        logits = self.lm_head(h[0, last].unsqueeze(1))  # type: ignore[misc]
-        return [row.float() for row in logits[:, -1, :].split(1, dim=0)]
+        logits = self.lm_head(h[0, last.to(self.device)].unsqueeze(1))  # type: ignore[misc]
+        return [row.float().cpu() for row in logits[:, -1, :].split(1, dim=0)]
 
 
 def _tensor_files(directory: pathlib.Path) -> dict[str, pathlib.Path]:
@@ -155,7 +158,25 @@ def _tensor_files(directory: pathlib.Path) -> dict[str, pathlib.Path]:
     return out
 
 
-def load_stage(directory: pathlib.Path, start: int, end: int, dtype: str = "float32") -> StageModel:
+def pick_device(name: str = "auto") -> torch.device:
+    """`auto`: the first CUDA GPU when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InvalidInput("--device", f"{name!r} asked for, but torch sees no CUDA device")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise InvalidInput("--device", f"{name!r} is not a torch device") from None
+
+
+def load_stage(
+    directory: pathlib.Path,
+    start: int,
+    end: int,
+    dtype: str = "float32",
+    device: torch.device | str = "cpu",
+) -> StageModel:
     raw = read_config(directory)
     architecture(raw)  # a clear error for unsupported models before anything heavy
     if dtype not in DTYPES:
@@ -181,7 +202,8 @@ def load_stage(directory: pathlib.Path, start: int, end: int, dtype: str = "floa
     if end < n:
         body.norm = nn.Identity()
     # The rotary inv_freq buffer is not persistent: rebuild it on the CPU.
-    body.rotary_emb = type(body.rotary_emb)(config=cfg)
+    dev = torch.device(device)
+    body.rotary_emb = type(body.rotary_emb)(config=cfg).to(dev)
 
     files = _tensor_files(directory)
     wanted: dict[str, str] = {}  # stage key -> file key
@@ -209,7 +231,7 @@ def load_stage(directory: pathlib.Path, start: int, end: int, dtype: str = "floa
         with safe_open(str(f), "pt") as st:
             for stage_key, file_key in keys:
                 # A fresh copy: 64-byte aligned like a normally built model, so GEMV kernels match.
-                state[stage_key] = st.get_tensor(file_key).to(torch_dtype).clone()
+                state[stage_key] = st.get_tensor(file_key).to(dev, torch_dtype).clone()
     head_w = state.pop("__lm_head__", None)
     body.load_state_dict(state, strict=True, assign=True)
     weight_bytes = sum(t.numel() * t.element_size() for t in state.values())
@@ -222,5 +244,7 @@ def load_stage(directory: pathlib.Path, start: int, end: int, dtype: str = "floa
     heads = int(cfg.num_attention_heads)
     kv_heads = int(getattr(cfg, "num_key_value_heads", None) or heads)
     head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
-    cache_bytes = 2 * kv_heads * head_dim * torch.tensor([], dtype=torch_dtype).element_size()
-    return StageModel(cfg, start, end, n, body, lm_head, torch_dtype, weight_bytes, cache_bytes)
+    cache_bytes = 2 * kv_heads * head_dim * torch_dtype.itemsize
+    return StageModel(
+        cfg, start, end, n, body, lm_head, torch_dtype, weight_bytes, cache_bytes, dev
+    )

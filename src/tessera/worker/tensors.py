@@ -18,7 +18,7 @@ MAX_TOKENS_PER_STEP = 1 << 16
 
 
 def encode_tensor(t: torch.Tensor) -> tuple[bytes, dict[str, str]]:
-    t = t.detach().contiguous()
+    t = t.detach().cpu().contiguous()  # from the GPU, where there is one: the wire is bytes
     data = t.view(torch.uint8).numpy().tobytes()  # bf16 has no numpy dtype: ship the bytes
     return data, {
         wire.HEADER_DTYPE: _NAMES[t.dtype],
