@@ -46,5 +46,11 @@ unit: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
+# Tessera against vLLM's CPU build on the same model; builds .venv-vllm (~3.4 GB) on first use.
+# Options: make bench-peer PEER_ARGS="--only vllm --streams 1,8 --max-tokens 128"
+.PHONY: bench-peer
+bench-peer: $(STAMP)
+	$(BIN)/python -m bench.peer_vllm $(PEER_ARGS)
+
 clean:
 	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache
