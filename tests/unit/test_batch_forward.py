@@ -118,3 +118,37 @@ def test_pages_are_allocated_as_the_session_grows():
         stage.forward(torch.tensor([[1]]), cache, p)
     assert cache.length == 40
     assert 3 <= cache.pages_allocated <= 7  # 100 tokens would be 7 pages
+
+
+def test_padded_forwards_are_bitwise_independent_of_the_batch():
+    """With one thread and every forward padded to 16 rows, a session's logits are the same
+    bits alone, beside one other session, or beside fifteen (real SmolLM2-sized layers are
+    covered by the datapath test; this checks the mechanism on the tiny model)."""
+    from tessera.worker.batch import INVARIANT_MIN_ROWS
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        stage = load_stage(tiny_model_dir("llama"), 0, 8)
+        mine = _prompt(21, 7)
+        others = [_prompt(30 + i, 3 + i % 4) for i in range(15)]
+
+        def run(company):
+            caches = [stage.new_cache(64) for _ in range(len(company) + 1)]
+            out = stage.forward_batch(
+                [mine, *company], caches, [0] * len(caches), min_rows=INVARIANT_MIN_ROWS
+            )[0]
+            step = stage.forward_batch(
+                [out.argmax(-1, keepdim=True)] + [c[:, :1] for c in company],
+                caches,
+                [7] + [c.shape[1] for c in company],
+                min_rows=INVARIANT_MIN_ROWS,
+            )[0]
+            return out, step
+
+        alone = run([])
+        for company in (others[:1], others[:4], others):
+            got = run(company)
+            assert torch.equal(got[0], alone[0]) and torch.equal(got[1], alone[1])
+    finally:
+        torch.set_num_threads(threads)

@@ -28,6 +28,12 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 ATTN_IMPLEMENTATION = "tessera_ragged"
 PAGE_TOKENS = 16  # tokens per KV page: the unit of allocation and of admission
+# Batch invariance: one-thread oneDNN/MKL computes a row of a linear layer the same way for
+# every batch of at least 16 rows, wherever the row sits, but differently for 1 row and for
+# 2-15 rows (measured on this machine: three classes of kernels). Padding every forward to 16
+# rows makes a session's numbers independent of who shares its batch. Two threads split the
+# reduction for some shapes, so invariance also needs one thread per worker.
+INVARIANT_MIN_ROWS = 16
 
 
 def pages_for(tokens: int, page_tokens: int = PAGE_TOKENS) -> int:
@@ -144,7 +150,8 @@ def ragged_attention(
     p = tessera_packed
     layer = int(module.layer_idx) - p.layer_offset  # type: ignore[arg-type]
     outs = []
-    for kv, pos, (a, b) in zip(p.kvs, p.positions, p.bounds, strict=True):
+    bounds = p.bounds
+    for kv, pos, (a, b) in zip(p.kvs, p.positions, bounds, strict=True):
         end = pos + b - a
         k = kv.keys[layer][:, :, :end]
         v = kv.values[layer][:, :, :end]
@@ -157,6 +164,9 @@ def ragged_attention(
             **kwargs,
         )
         outs.append(out)
+    pad = query.shape[2] - bounds[-1][1]
+    if pad > 0:  # rows added for batch invariance: they attend to nothing
+        outs.append(outs[0].new_zeros(1, pad, *outs[0].shape[2:]))
     return (outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)), None
 
 

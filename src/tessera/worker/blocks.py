@@ -91,6 +91,7 @@ class StageModel:
         positions: Sequence[int],
         start: int | None = None,
         end: int | None = None,
+        min_rows: int = 0,
     ) -> list[torch.Tensor]:
         """Run blocks `[start, end)` (global indices, default: all held) for several sessions
         as one packed batch; session i's new tokens start at `positions[i]`.
@@ -101,7 +102,8 @@ class StageModel:
         `positions[i] + T_i` tokens is made on demand; on success each cache's `length` is
         its session's new end (a position before the old end rewinds: the step replaces what
         followed). On failure the caches are left as they were before the call, but for
-        scratch positions past each `length`.
+        scratch positions past each `length`. With `min_rows`, a forward of fewer tokens is
+        padded to that many rows (see `batch.INVARIANT_MIN_ROWS`).
         """
         a = (self.start if start is None else start) - self.start
         b = (self.end if end is None else end) - self.start
@@ -117,6 +119,10 @@ class StageModel:
         position_ids = torch.cat(
             [torch.arange(p, p + t) for p, t in zip(positions, counts, strict=True)]
         ).unsqueeze(0)
+        pad = min_rows - h.shape[1]
+        if pad > 0:
+            h = torch.cat([h, h.new_zeros(1, pad, h.shape[2])], dim=1)
+            position_ids = torch.cat([position_ids, position_ids.new_zeros(1, pad)], dim=1)
         position_ids = position_ids.to(self.device)
         packed = Packed(caches, positions, counts, a)
         cache = PackedCache(packed)
@@ -133,12 +139,17 @@ class StageModel:
             )
         for cache, pos, t in zip(caches, positions, counts, strict=True):
             cache.length = pos + t
+        if pad > 0:
+            h = h[:, : h.shape[1] - pad]
         if b + self.start < self.num_blocks:
             return list(torch.split(h, counts, dim=1))
         h = self.body.norm(h)  # norm all rows, as the whole model does (bit-exact)
         last = torch.tensor([sum(counts[: i + 1]) - 1 for i in range(len(counts))])
-        logits = self.lm_head(h[0, last.to(self.device)].unsqueeze(1))  # type: ignore[misc]
-        return [row.float().cpu() for row in logits[:, -1, :].split(1, dim=0)]
+        rows = h[0, last.to(self.device)]  # [sessions, H]: only last positions need logits
+        if rows.shape[0] < min_rows:
+            rows = torch.cat([rows, rows.new_zeros(min_rows - rows.shape[0], rows.shape[1])])
+        logits = self.lm_head(rows)[: len(counts)]  # type: ignore[misc]
+        return [row.float().cpu() for row in logits.split(1, dim=0)]
 
 
 def _tensor_files(directory: pathlib.Path) -> dict[str, pathlib.Path]:

@@ -71,6 +71,7 @@ class Scheduler:
         *,
         max_batch_tokens: int = 128,
         speed_factor: float = 1.0,
+        min_rows: int = 0,
         on_batch: Callable[[BatchStats], None] | None = None,
     ) -> None:
         if max_batch_tokens < 1:
@@ -78,6 +79,7 @@ class Scheduler:
         self.stage = stage
         self.max_batch_tokens = max_batch_tokens
         self.speed_factor = speed_factor
+        self.min_rows = min_rows  # batch invariance: pad each forward to this many rows
         self.on_batch = on_batch
         self._pending: list[Step] = []  # arrival order
         self._cond = threading.Condition()
@@ -183,7 +185,7 @@ class Scheduler:
         before = [c.length for c in caches]
         t0 = time.perf_counter()
         try:
-            outs = self.stage.forward_batch(xs, caches, positions, a, b)
+            outs = self.stage.forward_batch(xs, caches, positions, a, b, self.min_rows)
         except Exception as exc:  # each step's caller gets the error; the caches are restored
             log.exception("a batched forward of %d sessions failed", len(members))
             for cache, n in zip(caches, before, strict=True):
