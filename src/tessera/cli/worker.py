@@ -38,6 +38,13 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument(
+        "--batch-invariant",
+        action="store_true",
+        help="pad every batched forward to 16 rows (needs --threads 1): a session's numbers "
+        "no longer depend on which other sessions share its batch, at the cost of a slower "
+        "lone session",
+    )
+    p.add_argument(
         "--device",
         default="auto",
         help="torch device: auto (the first CUDA GPU if any, else cpu), cpu, cuda, cuda:N",
@@ -78,6 +85,10 @@ def run(args: argparse.Namespace) -> int:
     memory = parse_bytes("--memory-bytes", args.memory_bytes)
     if args.max_length <= 0:
         raise InvalidInput("--max-length", "must be positive")
+    if args.batch_invariant and args.threads != 1:
+        raise InvalidInput(
+            "--batch-invariant", "needs --threads 1 (two threads split some reductions)"
+        )
     if args.max_batch_tokens <= 0:
         raise InvalidInput("--max-batch-tokens", "must be positive")
     if args.speed_factor < 1.0:
@@ -112,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
         delay_s=args.delay_s,
         idle_timeout_s=args.idle_timeout_s,
         max_batch_tokens=args.max_batch_tokens,
+        batch_invariant=args.batch_invariant,
     )
     device = pick_device(args.device)
     worker = Worker(settings, lambda: load_stage(directory, start, end, args.dtype, device))

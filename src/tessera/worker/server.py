@@ -35,7 +35,7 @@ from tessera.api import stage as wire
 from tessera.errors import Busy, InvalidInput, NotFound, TesseraError, Unavailable
 
 from .auth import TokenAuth
-from .batch import PAGE_TOKENS
+from .batch import INVARIANT_MIN_ROWS, PAGE_TOKENS
 from .blocks import StageModel
 from .calibrate import Calibration, calibrate
 from .sampling import Sampling
@@ -59,6 +59,7 @@ class WorkerSettings:
     idle_timeout_s: float = 120.0
     max_batch_tokens: int = 128  # tokens in one batched forward (decodes plus prefill chunks)
     page_tokens: int = PAGE_TOKENS
+    batch_invariant: bool = False  # pad forwards to INVARIANT_MIN_ROWS (see `batch`)
 
 
 class Worker:
@@ -132,6 +133,7 @@ class Worker:
                 stage,
                 max_batch_tokens=self.settings.max_batch_tokens,
                 speed_factor=self.settings.speed_factor,
+                min_rows=INVARIANT_MIN_ROWS if self.settings.batch_invariant else 0,
                 on_batch=self._observe_batch,
             )
             threading.Thread(
