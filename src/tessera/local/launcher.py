@@ -29,7 +29,14 @@ from tessera.errors import Infeasible
 from tessera.modelfiles import read_config, sizes
 from tessera.placement import Plan, Problem, plan_to_dict, problem_to_dict, solve
 
-from .config import ROUTER_CLIENT, LocalConfig, build_problem, pinned_plan
+from .config import (
+    ROUTER_CLIENT,
+    TYPICAL_PROMPT_TOKENS,
+    LocalConfig,
+    build_problem,
+    pinned_plan,
+    typical_first_token_s,
+)
 
 MAX_DEATHS = 5
 DEATH_WINDOW_S = 120.0
@@ -78,6 +85,19 @@ def _ok(url: str) -> bool:
             return bool(r.status == 200)
     except (urllib.error.URLError, OSError):
         return False
+
+
+def plan_summary(table: str, problem: Problem, plan: Plan) -> str:
+    """`tessera plan`'s table, with its first-token line (a prompt of `max_input_tokens`, the
+    placement's design point) replaced by the prediction for a short chat prompt, labelled."""
+    ttft = typical_first_token_s(problem, plan)
+    line = (
+        f"predicted first token    : {ttft * 1000:.1f} ms "
+        f"for a {TYPICAL_PROMPT_TOKENS}-token prompt"
+    )
+    return "\n".join(
+        line if row.startswith("predicted first-token") else row for row in table.splitlines()
+    )
 
 
 class Launcher:
@@ -171,7 +191,7 @@ class Launcher:
                 "router",
                 router_argv,
                 self.run_dir / "router.log",
-                f"http://127.0.0.1:{self.port}/health",
+                f"http://127.0.0.1:{self.port}/readyz",  # a complete chain is up
             )
         )
 
@@ -180,7 +200,7 @@ class Launcher:
         problem, plan = self.plan()
         from tessera.cli.plan import render_table
 
-        self.out(render_table(problem, plan, None))
+        self.out(plan_summary(render_table(problem, plan, None), problem, plan))
         self.out("")
         self.build_children(problem, plan)
         previous = {

@@ -444,8 +444,10 @@ def router_deployment(
                                     "requests": {"cpu": res.cpu, "memory": res.memory},
                                     "limits": {"memory": res.memory},
                                 },
-                                "readinessProbe": _probe("/health", ROUTER_PORT, 5, 3),
-                                "livenessProbe": _probe("/health", ROUTER_PORT, 10, 6),
+                                # Ready only with a complete chain; alive while it answers
+                                # (a pool without a chain must not restart the router).
+                                "readinessProbe": _probe("/readyz", ROUTER_PORT, 5, 3),
+                                "livenessProbe": _probe("/healthz", ROUTER_PORT, 10, 6),
                                 "securityContext": _container_security(),
                                 "volumeMounts": mounts,
                             }

@@ -158,11 +158,25 @@ def build_app(config: RouterConfig) -> FastAPI:
 
     app.include_router(build_routes(state))
 
-    @app.get("/health", responses=HEALTH_RESPONSES)
-    async def health() -> Response:
+    def readiness() -> Response:
         ok = chains.has_complete_chain()
         body = {"status": "ok" if ok else "no complete chain", "stages_up": chains.up_servers()}
         return JSONResponse(body, status_code=200 if ok else 503)
+
+    @app.get("/readyz", responses=HEALTH_RESPONSES)
+    async def readyz() -> Response:
+        """Ready to serve: 200 only while a complete chain of stages is up (readinessProbe)."""
+        return readiness()
+
+    @app.get("/health", responses=HEALTH_RESPONSES)
+    async def health() -> Response:
+        """The same as `/readyz` (kept for existing callers)."""
+        return readiness()
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        """The process answers (livenessProbe): 200 even while no chain is up."""
+        return JSONResponse({"status": "alive"})
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics() -> Response:

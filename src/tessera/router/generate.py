@@ -2,25 +2,32 @@
 
 Admission: a request takes the cheapest chain with room now (WS-RR); otherwise it waits in a
 bounded queue (`max_queue` requests, each at most `max_wait_s`) for room, then gets `Busy`
-(429 with Retry-After). A stage failure during generation is handled by `failover.step`.
+(429 with a Retry-After estimated from the live queue, see `retry_after_s`). A request that
+arrives while no complete chain is up (start-up, a stage restarting) waits for one within the
+same `max_wait_s`, then gets `Unavailable` (503). A stage failure during generation is handled
+by `failover.step`.
 """
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 
 from tessera.api.stage import StepToken
 from tessera.errors import Busy, Unavailable
+from tessera.placement.routing import ws_rr
 
 from . import failover
 from .chainrun import ChainRun
 from .chains import LiveChains
 from .stage_client import SamplingHeaders, StageFailed
 
-__all__ = ["ChainRun", "GenerationParams", "generate", "reserve"]
+__all__ = ["ChainRun", "GenerationParams", "generate", "reserve", "retry_after_s"]
+
+MAX_RETRY_AFTER_S = 300.0  # a sanity cap: past this the estimate says little
 
 
 @dataclass(frozen=True)
@@ -30,6 +37,59 @@ class GenerationParams:
     top_p: float
     seed: int
     eos_ids: frozenset[int]
+
+
+def retry_after_s(
+    *,
+    wait_s: float | None,
+    running_s: Sequence[float],
+    queued_ahead: int,
+    request_s: float | None,
+) -> float:
+    """Seconds after which a refused request can expect room (pure; whole seconds, at least 1).
+
+    `wait_s`: WS-RR's wait of the best chain (until its servers have room for this request),
+    None or inf when unknown. `running_s`: the remaining time of each running request of this
+    router. `queued_ahead`: requests waiting before this one. `request_s`: how long one request
+    takes on the best chain (no wait). Each request that ends lets one waiting request start;
+    once every running request has been replaced, the next round ends `request_s` later.
+    """
+    running = sorted(max(r, 0.0) for r in running_s if math.isfinite(r))
+    known = wait_s if wait_s is not None and math.isfinite(wait_s) and wait_s > 0 else None
+    estimate: float | None = known
+    if running:
+        rounds, i = divmod(max(queued_ahead, 0), len(running))
+        per_round = request_s if request_s is not None and request_s > 0 else running[-1]
+        queue = running[i] + rounds * per_round
+        estimate = queue if estimate is None else max(estimate, queue)
+    if estimate is None:  # the room is held by sessions we cannot see the end of
+        per_request = request_s if request_s is not None and math.isfinite(request_s) else 1.0
+        estimate = per_request * (max(queued_ahead, 0) + 1)
+    return float(max(1, math.ceil(min(estimate, MAX_RETRY_AFTER_S) - 1e-9)))
+
+
+def _running_s(chains: LiveChains, now_s: float) -> list[float]:
+    """Remaining time of each request this router runs (one entry per session id)."""
+    ends: dict[str, float] = {}
+    for server in chains.servers.values():
+        for sid, (end_s, _slots) in server.own.items():
+            ends[sid] = max(ends.get(sid, end_s), end_s)
+    return [end_s - now_s for end_s in ends.values()]
+
+
+def _request_s(chains: LiveChains, prompt_tokens: int, output_tokens: int) -> float | None:
+    """Service time of one request on the best chain that is up, ignoring load."""
+    up = set(chains.up_servers())
+    down = [n for n in chains.servers if n not in up]
+    best = ws_rr(
+        chains.table,
+        chains.client_index,
+        {},
+        input_tokens=prompt_tokens,
+        output_tokens=output_tokens,
+        exclude=down,
+    )
+    return best.service_s if best is not None else None
 
 
 async def reserve(
@@ -42,22 +102,36 @@ async def reserve(
 ) -> ChainRun:
     """Pick the cheapest chain with room (WS-RR) and open a session on each of its stages.
 
-    Waits at most `max_wait_s` for room, and only if fewer than `max_queue` requests are
-    already waiting (Busy otherwise); raises Unavailable when no complete chain is up.
+    Waits at most `max_wait_s` for room (or, while none is up, for a complete chain), and only
+    if fewer than `max_queue` requests are already waiting: then Busy (429, Retry-After from
+    the live queue) when chains are up but full, Unavailable (503) when no complete chain is up.
     """
     deadline = time.monotonic() + max_wait_s
     request_id = f"req-{uuid.uuid4().hex[:20]}"
     sampling = SamplingHeaders(params.temperature, params.top_p, params.seed)
-    last_wait = 1.0
+    wait_s: float | None = None  # WS-RR's wait of the best chain, when it knows one
     queued = False
     attempt = 0  # each attempt opens sessions under its own id (a late close cannot hit them)
+
+    def busy(message: str) -> Busy:
+        ahead = chains.waiting - (1 if queued else 0)
+        estimate = retry_after_s(
+            wait_s=wait_s,
+            running_s=_running_s(chains, time.monotonic()),
+            queued_ahead=ahead,
+            request_s=_request_s(chains, prompt_tokens, params.max_tokens),
+        )
+        return Busy(message, retry_after_s=estimate)
+
+    def no_chain() -> Unavailable:
+        return Unavailable("no complete chain of stages is up", hint="retry later")
+
     try:
         while True:
             choice = chains.choose(prompt_tokens, params.max_tokens)
+            complete = choice is not None or chains.has_complete_chain()
             if choice is None:
-                if not chains.has_complete_chain():
-                    raise Unavailable("no complete chain of stages is up", hint="retry later")
-                last_wait = 1.0  # chains exist but are full with sessions we cannot see the end of
+                wait_s = None  # no chain up, or full with sessions we cannot see the end of
             elif choice.wait_s <= 0.0:
                 run = ChainRun(
                     chains,
@@ -73,8 +147,8 @@ async def reserve(
                 try:
                     await run.open(chains.hops(choice.chain), time.monotonic() + choice.service_s)
                     return run
-                except Busy as exc:
-                    last_wait = exc.retry_after_s
+                except Busy:
+                    wait_s = None  # the worker refused: our view of its room was wrong
                 except StageFailed as exc:
                     chains.mark_down(exc.server)
                     continue  # try the next best chain at once
@@ -82,22 +156,22 @@ async def reserve(
                     run.close_soon()
                     raise
             else:
-                last_wait = choice.wait_s
+                wait_s = choice.wait_s
             remaining = deadline - time.monotonic()
             if not queued and remaining > 0:
                 if max_queue is not None and chains.waiting >= max_queue:
-                    raise Busy(
+                    if not complete:
+                        raise no_chain()
+                    raise busy(
                         f"no chain of stages has room now and {chains.waiting} requests "
-                        "are already waiting",
-                        retry_after_s=max(min(last_wait, 60.0), 1.0),
+                        "are already waiting"
                     )
                 queued = True
                 chains.waiting += 1
             if remaining <= 0:
-                raise Busy(
-                    "no chain of stages has room for this request now",
-                    retry_after_s=max(min(last_wait, 60.0), 1.0),
-                )
+                if not complete:
+                    raise no_chain()
+                raise busy("no chain of stages has room for this request now")
             await chains.wait_change(min(remaining, 0.25))
     finally:
         if queued:
@@ -109,7 +183,7 @@ async def generate(
     prompt: list[int],
     params: GenerationParams,
     policy: failover.FailoverPolicy | None = None,
-) -> AsyncIterator[StepToken]:
+) -> AsyncGenerator[StepToken, None]:
     """Prefill, then one decode step per token; stops at EOS or `max_tokens`. Always closes.
 
     A failed stage is replaced mid-request (`failover.step`), invisibly to the caller."""

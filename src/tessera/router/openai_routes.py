@@ -1,4 +1,11 @@
-"""`/v1/models`, `/v1/chat/completions`, `/v1/completions` (streaming and not)."""
+"""`/v1/models`, `/v1/chat/completions`, `/v1/completions` (streaming and not).
+
+The model is listed only while a complete chain of stages is up; a request that arrives before
+(start-up) waits for one within `max_wait_s` (see `generate.reserve`). A streamed answer starts
+(200, headers, first chunk) only once the first token exists: its time to first token is the
+real one, and a failure before it is a plain OpenAI error with its HTTP status. The chat role
+rides on the first chunk that goes out.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +15,7 @@ import json
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +23,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from tessera.api import openai as oa
+from tessera.api.stage import StepToken
 from tessera.errors import InvalidInput, TesseraError
 
 from .chains import LiveChains
@@ -100,7 +108,10 @@ def build_routes(state: RouterState) -> APIRouter:
 
     @api.get("/v1/models", response_model=oa.ModelList, responses={401: GENERATE_ERRORS[401]})
     async def models() -> Response:
-        body = oa.ModelList(data=[oa.ModelCard(id=state.model_name, created=state.created)])
+        # Listed only when it can be served: clients (the OpenAI SDK, benchmarks) take a listed
+        # model as ready.
+        cards = [oa.ModelCard(id=state.model_name, created=state.created)]
+        body = oa.ModelList(data=cards if state.chains.has_complete_chain() else [])
         return JSONResponse(body.model_dump())
 
     @api.post("/v1/chat/completions", responses={200: _ok(oa.ChatCompletion), **GENERATE_ERRORS})
@@ -187,7 +198,19 @@ async def _serve(state: RouterState, prep: _Prepared, request: Request, *, chat:
         headers = {CHAIN_HEADER: ">".join(run.chain)}
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         if prep.stream:
-            body = _sse(state, run, prep, rid, chat, t0)
+            # Nothing goes out before the first token: a failure until then is a plain error.
+            tokens = generate(run, prep.prompt, prep.params, state.failover)
+            first = await _unless_gone(gone, _first(tokens, t0))
+            if first is None or isinstance(first, BaseException):
+                run.close_soon()
+                await tokens.aclose()
+                if first is None:
+                    return _client_gone(state)
+                if isinstance(first, TesseraError):
+                    return _fail(state, first)
+                raise first
+            headers[CHAIN_HEADER] = ">".join(run.chain)  # a failover in the prefill moved it
+            body = _sse(state, run, prep, rid, chat, t0, first, tokens)
             return StreamingResponse(body, media_type="text/event-stream", headers=headers)
         try:
             done = await _unless_gone(gone, _whole(state, run, prep, t0))
@@ -230,6 +253,20 @@ async def _serve(state: RouterState, prep: _Prepared, request: Request, *, chat:
         )
     headers[CHAIN_HEADER] = ">".join(run.chain)  # after a failover: the chain that finished it
     return JSONResponse(resp.model_dump(exclude_none=False), headers=headers)
+
+
+@dataclass(frozen=True)
+class _First:
+    token: StepToken | None  # None: the generation ended without a token
+    after_s: float  # since the request arrived
+
+
+async def _first(tokens: AsyncIterator[StepToken], t0: float) -> _First:
+    try:
+        token: StepToken | None = await anext(tokens)
+    except StopAsyncIteration:
+        token = None
+    return _First(token, time.perf_counter() - t0)
 
 
 async def _unless_gone(gone: asyncio.Future[None], coro: Any) -> Any:
@@ -300,15 +337,34 @@ def _event(obj: Any) -> bytes:
     return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
 
 
+async def _then(
+    first: StepToken | None, rest: AsyncIterator[StepToken]
+) -> AsyncIterator[StepToken]:
+    if first is None:
+        return
+    yield first
+    async for out in rest:
+        yield out
+
+
 async def _sse(
-    state: RouterState, run: ChainRun, prep: _Prepared, rid: str, chat: bool, t0: float
+    state: RouterState,
+    run: ChainRun,
+    prep: _Prepared,
+    rid: str,
+    chat: bool,
+    t0: float,
+    first: _First,
+    rest: AsyncGenerator[StepToken, None],
 ) -> AsyncIterator[bytes]:
     created = int(time.time())
     name = state.model_name
+    role = [chat]  # the role goes on the first chunk sent
 
-    def chunk(content: str | None, finish: str | None, role: bool = False) -> bytes:
+    def chunk(content: str | None, finish: str | None) -> bytes:
         if chat:
-            delta = oa.Delta(role="assistant" if role else None, content=content)
+            delta = oa.Delta(role="assistant" if role[0] else None, content=content)
+            role[0] = False
             return _event(
                 oa.ChatCompletionChunk(
                     id=rid,
@@ -327,12 +383,10 @@ async def _sse(
         )
 
     text = TextStream(state.tokenizer, prep.stops)
-    finish, n_out, first_s, status = "length", 0, None, "200"
+    finish, n_out, status = "length", 0, "200"
+    first_s = first.after_s if first.token is not None else None
     try:
-        if chat:
-            yield chunk("", None, role=True)
-        async for out in generate(run, prep.prompt, prep.params, state.failover):
-            first_s = first_s or time.perf_counter() - t0
+        async for out in _then(first.token, rest):
             n_out += 1
             if out.token in prep.params.eos_ids:
                 finish = "stop"
@@ -369,4 +423,5 @@ async def _sse(
     finally:
         run.close_soon()
         _observe(state, t0, first_s, n_out, status)
+        await rest.aclose()
     yield b"data: [DONE]\n\n"

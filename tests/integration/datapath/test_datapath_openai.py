@@ -274,9 +274,10 @@ def test_no_complete_chain_is_503(up, smollm2_dir):
     problem = problem_from_dict(json.loads((up.run_dir / "problem.json").read_text()))
     plan = plan_from_dict(json.loads((up.run_dir / "plan.json").read_text()))
     dead = {p.server: f"http://127.0.0.1:{free_port()}" for p in plan.placement}
-    app = build_app(RouterConfig(problem, plan, dead, MODEL, Tokenizer(smollm2_dir)))
-    with TestClient(app) as c:
-        assert c.get("/health").status_code == 503
+    config = RouterConfig(problem, plan, dead, MODEL, Tokenizer(smollm2_dir), max_wait_s=0.5)
+    with TestClient(build_app(config)) as c:
+        assert c.get("/health").status_code == 503 and c.get("/readyz").status_code == 503
+        assert c.get("/v1/models").json()["data"] == []  # not listed until it can be served
         _error(c.post("/v1/chat/completions", json=_chat()), 503, code="no_chain")
 
 

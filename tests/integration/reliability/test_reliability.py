@@ -113,18 +113,25 @@ def test_sigkill_of_a_stage_mid_stream_keeps_the_text(pool, reference, hop):
 
 def test_sigkill_of_the_first_stage_during_the_prefill_keeps_the_text(pool, reference):
     pool.wait_all_up()
-    seen_tokens = []
+    killed = []
 
-    def kill(chain, n_tokens):
-        # The role chunk arrives before the prefill starts; the first stage needs about a
-        # second for this prompt, so this lands inside its prefill.
-        seen_tokens.append(n_tokens)
-        time.sleep(0.2)
-        os.kill(_pid_of(pool.endpoints[chain[0]]), signal.SIGKILL)
-        return True
+    def kill_in_prefill() -> None:
+        # Nothing is streamed before the first token: watch the first stage for our session
+        # instead, and kill it as soon as the session is open (its prefill comes next).
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if pool.stage_state("a")["active_sessions"] > 0:
+                os.kill(_pid_of(pool.endpoints["a"]), signal.SIGKILL)
+                killed.append("a")
+                return
+            time.sleep(0.01)
 
-    text, chain, errors = _stream(pool, LONG_PROMPT, kill)
-    assert seen_tokens == [0] and chain == ["a", "b", "c"] and not errors
+    killer = threading.Thread(target=kill_in_prefill)
+    killer.start()
+    text, chain, errors = _stream(pool, LONG_PROMPT)
+    killer.join()
+    # The stream (and its chain header) starts with the first token: on the replacement chain.
+    assert killed == ["a"] and "a" not in chain and not errors
     assert text == reference[LONG_PROMPT]
 
 
