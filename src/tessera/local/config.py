@@ -102,6 +102,10 @@ class LocalConfig(_Strict):
     nodes: list[NodeIn] = Field(min_length=1)
     solver: str = "cg-bprr"
     threads_per_worker: int = Field(default=1, gt=0)
+    # Pad every batched forward so that an answer never depends on the load (needs one thread
+    # per worker; a lone session gets about 2x slower, batches of 8 or more are unaffected).
+    batch_invariant: bool = False
+    max_batch_tokens: int = Field(default=128, gt=0)  # per forward: decodes plus prefill chunks
     router: RouterIn = RouterIn()
 
 
@@ -112,6 +116,8 @@ def parse_config(data: Any) -> LocalConfig:
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"])
         raise InvalidInput(field, err["msg"]) from None
+    if cfg.batch_invariant and cfg.threads_per_worker != 1:
+        raise InvalidInput("batch_invariant", "needs threads_per_worker: 1")
     names = [n.name for n in cfg.nodes]
     if len(set(names)) != len(names):
         raise InvalidInput("nodes", "node names must be unique")

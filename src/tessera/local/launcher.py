@@ -158,6 +158,8 @@ class Launcher:
                 f"--max-length={w.max_input_tokens + w.max_output_tokens}",
                 f"--dtype={self.cfg.model.dtype}",
                 f"--threads={self.cfg.threads_per_worker}",
+                f"--max-batch-tokens={self.cfg.max_batch_tokens}",
+                *(["--batch-invariant"] if self.cfg.batch_invariant else []),
                 f"--speed-factor={node.speed_factor}",
                 f"--delay-s={node.delay_s}",
                 f"--token-file={self.token_path}",

@@ -80,6 +80,7 @@ class Scheduler:
         self.max_batch_tokens = max_batch_tokens
         self.speed_factor = speed_factor
         self.min_rows = min_rows  # batch invariance: pad each forward to this many rows
+        # (and never split a prompt into chunks)
         self.on_batch = on_batch
         self._pending: list[Step] = []  # arrival order
         self._cond = threading.Condition()
@@ -135,7 +136,10 @@ class Scheduler:
         budget = self.max_batch_tokens
         seen: set[str] = set()  # one step per session per forward (a retry waits its turn)
         drop: list[Step] = []
+        decodes = 0
         for want_decode in (True, False):
+            if not want_decode:
+                decodes = self.max_batch_tokens - budget
             for step in pending:
                 sid = step.session.session_id
                 left = step.tokens - step.offset
@@ -145,6 +149,10 @@ class Scheduler:
                     drop.append(step)
                     continue
                 n = 1 if want_decode else min(left, budget)
+                if not want_decode and self.min_rows and n < left:
+                    # Batch-invariant: a prompt is never split (a chunk boundary changes the
+                    # attention's arithmetic); a long one runs whole, alone among prefills.
+                    n = left if budget == self.max_batch_tokens - decodes else 0
                 if n <= 0 or (not want_decode and budget <= 0):
                     continue
                 chosen.append((step, n))
