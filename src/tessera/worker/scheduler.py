@@ -31,6 +31,7 @@ from .sampling import Sampling, sample
 from .sessions import Session
 
 log = logging.getLogger("tessera.worker")
+EFFICIENT_MIN_ROWS = 16
 
 
 class PositionAhead(TesseraError):
@@ -72,6 +73,7 @@ class Scheduler:
         max_batch_tokens: int = 128,
         speed_factor: float = 1.0,
         min_rows: int = 0,
+        gather: bool = True,
         on_batch: Callable[[BatchStats], None] | None = None,
     ) -> None:
         if max_batch_tokens < 1:
@@ -83,6 +85,10 @@ class Scheduler:
         # (and never split a prompt into chunks)
         self.on_batch = on_batch
         self._pending: list[Step] = []  # arrival order
+        # Gathering: sessions that decoded lately (id -> monotonic s), and the last batch's time.
+        self.gather = gather
+        self._recent: dict[str, tuple[float, Session]] = {}
+        self._last_batch_s = 0.0
         self._cond = threading.Condition()
         self._stopped = False
 
@@ -112,12 +118,33 @@ class Scheduler:
             with self._cond:
                 while not self._pending and not self._stopped:
                     self._cond.wait()
+                if not self._stopped and self.gather:
+                    self._gather()
                 if self._stopped:
                     pending, self._pending = self._pending, []
                     break
             self.run_once()
         for step in pending:
             step.done(TesseraError("the stage is shutting down"))
+
+    def _gather(self) -> None:
+        """Wait briefly for the decode steps of sessions that are still on their way (with the
+        lock held by the caller). A forward of 16 rows costs about what one of 2 costs on a
+        CPU (and on a GPU), so two half-waves merged are nearly twice the throughput. It waits
+        only while fewer than half of the sessions that decoded in the last second are ready,
+        and at most half the last batch's time; a lone session never waits."""
+        now = time.monotonic()
+        self._recent = {
+            sid: (t, s) for sid, (t, s) in self._recent.items() if now - t < 1.0 and not s.closed
+        }
+        if any(step.tokens - step.offset > 1 for step in self._pending):
+            return  # a prefill is waiting: do not delay its first token
+        deadline = now + min(0.5 * self._last_batch_s, 0.05)
+        while 2 * len(self._pending) < len(self._recent) and not self._stopped:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._cond.wait(left)
 
     def run_once(self) -> None:
         batch = self._select()
@@ -193,7 +220,7 @@ class Scheduler:
         before = [c.length for c in caches]
         t0 = time.perf_counter()
         try:
-            outs = self.stage.forward_batch(xs, caches, positions, a, b, self.min_rows)
+            outs = self.stage.forward_batch(xs, caches, positions, a, b, self._min_rows(members))
         except Exception as exc:  # each step's caller gets the error; the caches are restored
             log.exception("a batched forward of %d sessions failed", len(members))
             for cache, n in zip(caches, before, strict=True):
@@ -206,6 +233,11 @@ class Scheduler:
             elapsed *= self.speed_factor
         if self.on_batch is not None:
             self.on_batch(BatchStats(len(members), sum(n for _, n in members), elapsed))
+        self._last_batch_s = elapsed
+        now = time.monotonic()
+        for step, n in members:
+            if n == 1:
+                self._recent[step.session.session_id] = (now, step.session)
         finished: list[tuple[Step, Result]] = []
         for (step, n), out in zip(members, outs, strict=True):
             step.offset += n
@@ -220,6 +252,15 @@ class Scheduler:
             self._pending = [s for s in self._pending if id(s) not in done]
         for step, result in finished:
             step.done(result)
+
+    def _min_rows(self, members: list[tuple[Step, int]]) -> int:
+        if self.min_rows:
+            return self.min_rows
+        # Not for invariance, for speed: on this CPU a linear layer of 6-15 rows runs a slower
+        # kernel than one of 16 (measured: 8 rows 159 ms, padded to 16 149 ms, for SmolLM2's
+        # 30 blocks; 4 rows 125 ms, padded 146 ms).
+        rows = sum(n for _, n in members)
+        return EFFICIENT_MIN_ROWS if 6 <= rows < EFFICIENT_MIN_ROWS else 0
 
     def _result(self, step: Step) -> torch.Tensor | wire.StepToken:
         if step.session.end_block == self.stage.num_blocks:  # logits of the last position

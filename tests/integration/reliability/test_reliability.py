@@ -137,7 +137,9 @@ def test_sigkill_of_the_first_stage_during_the_prefill_keeps_the_text(pool, refe
 
 def test_more_requests_than_slots_complete_or_get_429_and_no_stage_overfills(pool, reference):
     pool.wait_all_up()
-    prompt = "Name a colour."
+    # Admission is by what a request can need (prompt plus max_tokens, in KV pages): a prompt
+    # near the pool's 256-token limit makes each request need about a full-length session.
+    prompt = "Name a colour. " + "Answer in one word, please. " * 30
     body = {
         "model": MODEL,
         "messages": [{"role": "user", "content": prompt}],
