@@ -33,8 +33,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--max-batch-tokens",
         type=int,
-        default=128,
-        help="tokens in one batched forward: every decode plus prefill chunks (default 128)",
+        default=256,
+        help="tokens in one batched forward: every decode plus prefill chunks (default 256)",
     )
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument(

@@ -105,7 +105,7 @@ class LocalConfig(_Strict):
     # Pad every batched forward so that an answer never depends on the load (needs one thread
     # per worker; a lone session gets about 2x slower, batches of 8 or more are unaffected).
     batch_invariant: bool = False
-    max_batch_tokens: int = Field(default=128, gt=0)  # per forward: decodes plus prefill chunks
+    max_batch_tokens: int = Field(default=256, gt=0)  # per forward: decodes plus prefill chunks
     router: RouterIn = RouterIn()
 
 

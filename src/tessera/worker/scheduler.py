@@ -32,6 +32,7 @@ from .sessions import Session
 
 log = logging.getLogger("tessera.worker")
 EFFICIENT_MIN_ROWS = 16
+MAX_GATHER_S = 0.2
 
 
 class PositionAhead(TesseraError):
@@ -70,7 +71,7 @@ class Scheduler:
         self,
         stage: StageModel,
         *,
-        max_batch_tokens: int = 128,
+        max_batch_tokens: int = 256,
         speed_factor: float = 1.0,
         min_rows: int = 0,
         gather: bool = True,
@@ -128,18 +129,20 @@ class Scheduler:
             step.done(TesseraError("the stage is shutting down"))
 
     def _gather(self) -> None:
-        """Wait briefly for the decode steps of sessions that are still on their way (with the
-        lock held by the caller). A forward of 16 rows costs about what one of 2 costs on a
-        CPU (and on a GPU), so two half-waves merged are nearly twice the throughput. It waits
-        only while fewer than half of the sessions that decoded in the last second are ready,
-        and at most half the last batch's time; a lone session never waits."""
+        """Wait for the decode steps of sessions still on their way (the caller holds the lock).
+
+        A forward of 16 rows costs about what one of 2 costs (on this CPU and on a GPU), so
+        waves of sessions that drift apart in the pipeline (prompts admitted in different
+        forwards) are worth merging: it waits while fewer than half of the sessions that
+        decoded in the last second are ready, for at most two of the last forward's time
+        (capped at 0.2 s). A lone session, or a pending prefill, never waits."""
         now = time.monotonic()
         self._recent = {
             sid: (t, s) for sid, (t, s) in self._recent.items() if now - t < 1.0 and not s.closed
         }
         if any(step.tokens - step.offset > 1 for step in self._pending):
             return  # a prefill is waiting: do not delay its first token
-        deadline = now + min(0.5 * self._last_batch_s, 0.05)
+        deadline = now + min(2.0 * self._last_batch_s, MAX_GATHER_S)
         while 2 * len(self._pending) < len(self._recent) and not self._stopped:
             left = deadline - time.monotonic()
             if left <= 0:

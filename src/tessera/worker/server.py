@@ -57,7 +57,7 @@ class WorkerSettings:
     speed_factor: float = 1.0
     delay_s: float = 0.0
     idle_timeout_s: float = 120.0
-    max_batch_tokens: int = 128  # tokens in one batched forward (decodes plus prefill chunks)
+    max_batch_tokens: int = 256  # tokens in one batched forward (decodes plus prefill chunks)
     page_tokens: int = PAGE_TOKENS
     batch_invariant: bool = False  # pad forwards to INVARIANT_MIN_ROWS (see `batch`)
 
