@@ -44,9 +44,9 @@ def local():
 def test_the_printed_first_token_time_is_for_a_short_prompt_and_says_so(local):
     _cfg, problem, plan = local
     # The plan's own prediction is for a full max_input_tokens prompt (1024): seconds.
-    assert problem.workload.max_input_tokens == 1024 and plan.predicted.first_token_s > 5
+    assert problem.workload.max_input_tokens == 1024 and plan.predicted.first_token_s > 1
     short = typical_first_token_s(problem, plan)
-    assert 0.1 < short < 1.0  # measured on `make run`'s pool: about 0.3-0.5 s for 37 tokens
+    assert 0.1 < short < 1.0  # a first token of a short prompt: a fraction of a second
     assert typical_first_token_s(problem, plan, 1024) == pytest.approx(plan.predicted.first_token_s)
     from tessera.cli.plan import render_table
 
