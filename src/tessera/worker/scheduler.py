@@ -165,6 +165,7 @@ class Scheduler:
         chosen: list[tuple[Step, int]] = []
         budget = self.max_batch_tokens
         seen: set[str] = set()  # one step per session per forward (a retry waits its turn)
+        taken: set[int] = set()
         drop: list[Step] = []
         decodes = 0
         for want_decode in (True, False):
@@ -173,7 +174,7 @@ class Scheduler:
             for step in pending:
                 sid = step.session.session_id
                 left = step.tokens - step.offset
-                if sid in seen or (left == 1) != want_decode or any(step is s for s, _ in chosen):
+                if sid in seen or (left == 1) != want_decode or id(step) in taken:
                     continue
                 if not step.started and not self._admit(step):
                     drop.append(step)
@@ -186,6 +187,7 @@ class Scheduler:
                 if n <= 0 or (not want_decode and budget <= 0):
                     continue
                 chosen.append((step, n))
+                taken.add(id(step))
                 seen.add(sid)
                 budget -= n
         if drop:
