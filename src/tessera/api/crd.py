@@ -244,6 +244,17 @@ class NetworkPolicySection(_Base):
 
 class StagesSection(_Base):
     resources: Resources = Field(default_factory=Resources)
+    max_batch_tokens: int = Field(
+        default=256,
+        ge=1,
+        le=65536,
+        description="tokens in one batched forward of a stage: every decode plus prefill chunks",
+    )
+    batch_invariant: bool = Field(
+        default=False,
+        description="an answer never depends on what else runs (bit for bit); one thread per "
+        "stage, and a lone request is slower",
+    )
 
 
 class Images(_Base):

@@ -232,6 +232,8 @@ def worker_args(
         "--port", str(WORKER_PORT),
         "--max-length", str(w.max_input_tokens + w.max_output_tokens),
         "--dtype", spec.model.dtype,
+        "--max-batch-tokens", str(spec.stages.max_batch_tokens),
+        *(["--batch-invariant", "--threads", "1"] if spec.stages.batch_invariant else []),
         "--token-file", TOKEN_FILE,
     ]  # fmt: skip
 
