@@ -77,13 +77,13 @@ class SessionKV:
         cap = max(cap, pages_for(tokens, self.page_tokens)) * self.page_tokens
         shape = (1, self.kv_heads, cap, self.head_dim)
         old_k, old_v, n = self.keys, self.values, self.length
-        new = [
+        fresh = [
             torch.empty(shape, dtype=self.dtype, device=self.device)
             for _ in range(2 * self.num_layers)
         ]
-        self.keys, self.values = new[: self.num_layers], new[self.num_layers :]
-        for new, old in ((self.keys, old_k), (self.values, old_v)):
-            for dst, src in zip(new, old, strict=False):
+        self.keys, self.values = fresh[: self.num_layers], fresh[self.num_layers :]
+        for grown, old in ((self.keys, old_k), (self.values, old_v)):
+            for dst, src in zip(grown, old, strict=False):
                 dst[:, :, :n] = src[:, :, :n]
 
 
