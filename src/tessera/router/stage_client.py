@@ -15,6 +15,7 @@ runs them as one batch anyway. Each caller still gets its own result or its own 
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,8 @@ from pydantic import ValidationError
 
 from tessera.api import stage as wire
 from tessera.errors import Busy, InvalidInput, NotFound, Unavailable
+
+log = logging.getLogger("tessera.router")
 
 
 class StageFailed(Unavailable):
@@ -184,6 +187,18 @@ class StageClient:
         task.add_done_callback(self._flights.discard)
 
     async def _send(self, batch: list[_Pending]) -> None:
+        try:
+            await self._exchange(batch)
+        except BaseException as exc:  # never leave a caller waiting on a message that failed
+            error = StageFailed(self.server, f"step message failed: {type(exc).__name__}: {exc}")
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(error)
+            if not isinstance(exc, Exception):  # cancelled (shutdown): let it propagate
+                raise
+            log.exception("a step message to %s failed unexpectedly", self.server)
+
+    async def _exchange(self, batch: list[_Pending]) -> None:
         try:
             body = wire.pack(wire.StepBatch(steps=[p.item for p in batch]), [p.data for p in batch])
             self.messages_sent += 1
