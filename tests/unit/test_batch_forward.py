@@ -152,3 +152,27 @@ def test_padded_forwards_are_bitwise_independent_of_the_batch():
             assert torch.equal(got[0], alone[0]) and torch.equal(got[1], alone[1])
     finally:
         torch.set_num_threads(threads)
+
+
+def test_a_forward_that_fails_keeps_what_preceded_each_step():
+    """A failure mid-forward (here in a layer) leaves each cache at min(old length, position),
+    with that prefix untouched: retrying the step gives what it would have given at first."""
+    stage = load_stage(tiny_model_dir("llama"), 0, 8)
+    ids = _prompt(13, 10)
+    cache, fresh = stage.new_cache(64), stage.new_cache(64)
+    stage.forward(ids, cache, 0)
+    stage.forward(ids[:, :6], fresh, 0)
+    want = stage.forward(ids[:, 6:], fresh, 6)
+    layer = stage.body.layers[5]
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("device lost")
+
+    layer.forward = broken
+    try:
+        with pytest.raises(RuntimeError, match="device lost"):
+            stage.forward(ids[:, 6:], cache, 6)  # a rewind from 10 to 6 that fails
+    finally:
+        del layer.forward
+    assert cache.length == 6
+    assert torch.equal(stage.forward(ids[:, 6:], cache, 6), want)

@@ -44,6 +44,13 @@ HEADER_AUTHORIZATION = "authorization"  # `Bearer <deployment token>` on every c
 TENSOR_MEDIA_TYPE = "application/octet-stream"
 WIRE_DTYPES = ("int64", "float32", "bfloat16", "float16")
 MAX_BATCH_STEPS = 1024  # steps in one /v1/steps message
+
+
+def pages_for(tokens: int, page_tokens: int) -> int:
+    """KV slots of one block that `tokens` tokens take: the unit of `StageState`'s slots."""
+    return -(-tokens // page_tokens)
+
+
 _LEN = struct.Struct("<I")
 
 

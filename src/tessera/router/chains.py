@@ -21,7 +21,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from tessera.api.stage import StageState
+from tessera.api.stage import StageState, pages_for
 from tessera.errors import TesseraError
 from tessera.placement import Plan, Problem
 from tessera.placement.routing import RouteChoice, RoutingTable, ServerLoad, routing_table, ws_rr
@@ -195,7 +195,7 @@ class LiveChains:
             own_held = sum(slots for _, slots in s.own.values())
             free = min(s.state.free_slots - s.delta_slots, s.state.total_slots - own_held)
             sessions = tuple((max(end - now_s, 0.0), slots) for end, slots in s.own.values())
-            per = -(-tokens // s.state.page_tokens) if tokens > 0 else 1
+            per = pages_for(tokens, s.state.page_tokens) if tokens > 0 else 1
             out[name] = ServerLoad(free_slots=max(free, 0), sessions=sessions, slots_per_block=per)
         return out
 

@@ -26,6 +26,8 @@ import torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+from tessera.api.stage import pages_for
+
 ATTN_IMPLEMENTATION = "tessera_ragged"
 PAGE_TOKENS = 16  # tokens per KV page: the unit of allocation and of admission
 # Batch invariance: one-thread oneDNN/MKL computes a row of a linear layer the same way for
@@ -34,10 +36,6 @@ PAGE_TOKENS = 16  # tokens per KV page: the unit of allocation and of admission
 # rows makes a session's numbers independent of who shares its batch. Two threads split the
 # reduction for some shapes, so invariance also needs one thread per worker.
 INVARIANT_MIN_ROWS = 16
-
-
-def pages_for(tokens: int, page_tokens: int = PAGE_TOKENS) -> int:
-    return -(-tokens // page_tokens)
 
 
 @dataclass

@@ -62,11 +62,11 @@ class StageModel:
         """An empty KV cache for a session over blocks `[start, end)` (default: all held)."""
         a = self.start if start is None else start
         b = self.end if end is None else end
-        heads = int(self.config.num_attention_heads)
+        kv_heads, head_dim = _kv_geometry(self.config)
         return SessionKV(
             num_layers=b - a,
-            kv_heads=int(getattr(self.config, "num_key_value_heads", None) or heads),
-            head_dim=int(getattr(self.config, "head_dim", None) or self.hidden_size // heads),
+            kv_heads=kv_heads,
+            head_dim=head_dim,
             dtype=self.dtype,
             max_tokens=max_tokens or int(self.config.max_position_embeddings),
             device=self.device,
@@ -98,19 +98,36 @@ class StageModel:
 
         Each `xs[i]` is token ids [1, T_i] when `start == 0`, else hidden states [1, T_i, H].
         Returns, per session, hidden states [1, T_i, H], or when `end == L` the logits of its
-        last position [1, V] (float32). Each cache must have room (`SessionKV.reserve`) for
-        `positions[i] + T_i` tokens is made on demand; on success each cache's `length` is
-        its session's new end (a position before the old end rewinds: the step replaces what
-        followed). On failure the caches are left as they were before the call, but for
-        scratch positions past each `length`. With `min_rows`, a forward of fewer tokens is
-        padded to that many rows (see `batch.INVARIANT_MIN_ROWS`).
+        last position [1, V] (float32). Each cache grows (`SessionKV.reserve`) to hold
+        `positions[i] + T_i` tokens; on success its `length` is its session's new end (a
+        position before the old end rewinds: the step replaces what followed). On failure each
+        cache keeps what preceded its step, untouched (`length` = min(old length, position)): a
+        retry of the step, or a replay, rebuilds the rest. With `min_rows`, a forward of fewer
+        rows is padded to that many (`batch.INVARIANT_MIN_ROWS`).
         """
+        lengths = [cache.length for cache in caches]
+        try:
+            return self._forward_batch(xs, caches, positions, start, end, min_rows)
+        except BaseException:
+            for cache, n, pos in zip(caches, lengths, positions, strict=True):
+                cache.length = min(n, pos)
+            raise
+
+    def _forward_batch(
+        self,
+        xs: Sequence[torch.Tensor],
+        caches: Sequence[SessionKV],
+        positions: Sequence[int],
+        start: int | None,
+        end: int | None,
+        min_rows: int,
+    ) -> list[torch.Tensor]:
         a = (self.start if start is None else start) - self.start
         b = (self.end if end is None else end) - self.start
         counts = [int(x.shape[1]) for x in xs]
         for cache, pos, t in zip(caches, positions, counts, strict=True):
+            cache.reserve(pos + t)  # first: growing keeps every valid position, rewound or not
             cache.length = min(cache.length, pos)  # what follows `pos` is replaced
-            cache.reserve(pos + t)
         x = (xs[0] if len(xs) == 1 else torch.cat(list(xs), dim=1)).to(self.device)
         if a == 0 and self.first:
             h = self.body.embed_tokens(x)
@@ -119,13 +136,11 @@ class StageModel:
         position_ids = torch.cat(
             [torch.arange(p, p + t) for p, t in zip(positions, counts, strict=True)]
         ).unsqueeze(0)
-        pad = min_rows - h.shape[1]
-        if pad > 0:
-            h = torch.cat([h, h.new_zeros(1, pad, h.shape[2])], dim=1)
-            position_ids = torch.cat([position_ids, position_ids.new_zeros(1, pad)], dim=1)
+        rows = h.shape[1]
+        h, position_ids = _pad_rows(h, min_rows, 1), _pad_rows(position_ids, min_rows, 1)
         position_ids = position_ids.to(self.device)
         packed = Packed(caches, positions, counts, a)
-        cache = PackedCache(packed)
+        writer = PackedCache(packed)
         pe = self.body.rotary_emb(h, position_ids=position_ids)
         for i in range(a, b):
             h = self.body.layers[i](
@@ -133,23 +148,37 @@ class StageModel:
                 attention_mask=None,
                 position_embeddings=pe,
                 position_ids=position_ids,
-                cache=cache,
+                cache=writer,
                 use_cache=True,
                 tessera_packed=packed,
             )
         for cache, pos, t in zip(caches, positions, counts, strict=True):
             cache.length = pos + t
-        if pad > 0:
-            h = h[:, : h.shape[1] - pad]
+        h = h[:, :rows]  # the padding rows, if any, go
         if b + self.start < self.num_blocks:
             return list(torch.split(h, counts, dim=1))
         h = self.body.norm(h)  # norm all rows, as the whole model does (bit-exact)
-        last = torch.tensor([sum(counts[: i + 1]) - 1 for i in range(len(counts))])
-        rows = h[0, last.to(self.device)]  # [sessions, H]: only last positions need logits
-        if rows.shape[0] < min_rows:
-            rows = torch.cat([rows, rows.new_zeros(min_rows - rows.shape[0], rows.shape[1])])
-        logits = self.lm_head(rows)[: len(counts)]  # type: ignore[misc]
+        last = torch.tensor(counts).cumsum(0) - 1
+        ends = _pad_rows(h[0, last.to(self.device)], min_rows, 0)  # only last positions: logits
+        logits = self.lm_head(ends)[: len(counts)]  # type: ignore[misc]
         return [row.float().cpu() for row in logits.split(1, dim=0)]
+
+
+def _pad_rows(t: torch.Tensor, rows: int, dim: int) -> torch.Tensor:
+    """`t` with zeros appended along `dim` up to `rows` (see `batch.INVARIANT_MIN_ROWS`)."""
+    missing = rows - t.shape[dim]
+    if missing <= 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = missing
+    return torch.cat([t, t.new_zeros(shape)], dim=dim)
+
+
+def _kv_geometry(cfg: Any) -> tuple[int, int]:
+    """(key/value heads, head size) of one attention layer."""
+    heads = int(cfg.num_attention_heads)
+    kv_heads = int(getattr(cfg, "num_key_value_heads", None) or heads)
+    return kv_heads, int(getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
 
 
 def _tensor_files(directory: pathlib.Path) -> dict[str, pathlib.Path]:
@@ -212,7 +241,7 @@ def load_stage(
         body.embed_tokens = None
     if end < n:
         body.norm = nn.Identity()
-    # The rotary inv_freq buffer is not persistent: rebuild it on the CPU.
+    # The rotary inv_freq buffer is not persistent: rebuild it, on the stage's device.
     dev = torch.device(device)
     body.rotary_emb = type(body.rotary_emb)(config=cfg).to(dev)
 
@@ -252,9 +281,7 @@ def load_stage(
     elif lm_head is not None:  # tied, and this stage holds the embedding: share one copy
         lm_head.weight = body.embed_tokens.weight
     body.eval()
-    heads = int(cfg.num_attention_heads)
-    kv_heads = int(getattr(cfg, "num_key_value_heads", None) or heads)
-    head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
+    kv_heads, head_dim = _kv_geometry(cfg)
     cache_bytes = 2 * kv_heads * head_dim * torch_dtype.itemsize
     return StageModel(
         cfg, start, end, n, body, lm_head, torch_dtype, weight_bytes, cache_bytes, dev

@@ -159,40 +159,46 @@ class Scheduler:
             self._run_group(a, b, members)
 
     def _select(self) -> list[tuple[Step, int]]:
-        """(step, tokens to run now): every decode, then prefill chunks within the budget."""
+        """(step, tokens to run now): every decode, then prefill chunks within the budget. One
+        step per session per forward (a retry waits its turn)."""
         with self._cond:
             pending = list(self._pending)
+        seen: set[str] = set()
+        refused: list[Step] = []
+
+        def runnable(step: Step, decode: bool) -> bool:
+            if step.session.session_id in seen or (step.tokens - step.offset == 1) != decode:
+                return False
+            if step.started or self._admit(step):
+                return True
+            refused.append(step)
+            return False
+
         chosen: list[tuple[Step, int]] = []
-        budget = self.max_batch_tokens
-        seen: set[str] = set()  # one step per session per forward (a retry waits its turn)
-        taken: set[int] = set()
-        drop: list[Step] = []
-        decodes = 0
-        for want_decode in (True, False):
-            if not want_decode:
-                decodes = self.max_batch_tokens - budget
-            for step in pending:
-                sid = step.session.session_id
-                left = step.tokens - step.offset
-                if sid in seen or (left == 1) != want_decode or id(step) in taken:
+        for step in pending:
+            if runnable(step, decode=True):
+                chosen.append((step, 1))
+                seen.add(step.session.session_id)
+        budget = self.max_batch_tokens - len(chosen)
+        prefills = 0
+        for step in pending:
+            if budget <= 0:
+                break
+            if not runnable(step, decode=False):
+                continue
+            left = step.tokens - step.offset
+            n = min(left, budget)
+            if self.min_rows and n < left:
+                # Batch-invariant: a prompt is never split (a chunk boundary changes the
+                # attention's arithmetic); a long one runs whole, alone among prefills.
+                if prefills:
                     continue
-                if not step.started and not self._admit(step):
-                    drop.append(step)
-                    continue
-                n = 1 if want_decode else min(left, budget)
-                if not want_decode and self.min_rows and n < left:
-                    # Batch-invariant: a prompt is never split (a chunk boundary changes the
-                    # attention's arithmetic); a long one runs whole, alone among prefills.
-                    n = left if budget == self.max_batch_tokens - decodes else 0
-                if n <= 0 or (not want_decode and budget <= 0):
-                    continue
-                chosen.append((step, n))
-                taken.add(id(step))
-                seen.add(sid)
-                budget -= n
-        if drop:
-            with self._cond:
-                self._pending = [s for s in self._pending if s not in drop]
+                n = left
+            chosen.append((step, n))
+            seen.add(step.session.session_id)
+            budget -= n
+            prefills += 1
+        self._remove(refused)
         return chosen
 
     def _admit(self, step: Step) -> bool:
@@ -222,14 +228,11 @@ class Scheduler:
         xs = [step.x[:, step.offset : step.offset + n] for step, n in members]
         caches = [step.session.cache for step, _ in members]
         positions = [step.position + step.offset for step, _ in members]
-        before = [c.length for c in caches]
         t0 = time.perf_counter()
         try:
             outs = self.stage.forward_batch(xs, caches, positions, a, b, self._min_rows(members))
-        except Exception as exc:  # each step's caller gets the error; the caches are restored
+        except Exception as exc:  # each caller gets the error; forward_batch kept the caches
             log.exception("a batched forward of %d sessions failed", len(members))
-            for cache, n in zip(caches, before, strict=True):
-                cache.length = n
             self._finish([step for step, _ in members], exc)
             return
         elapsed = time.perf_counter() - t0
@@ -250,11 +253,9 @@ class Scheduler:
             step.outputs.append(out)
             if step.offset < step.tokens:
                 continue
-            step.session.last_used_s = time.monotonic()
+            step.session.last_used_s = now
             finished.append((step, (self._result(step), step.compute_s)))
-        with self._cond:
-            done = {id(step) for step, _ in finished}
-            self._pending = [s for s in self._pending if id(s) not in done]
+        self._remove([step for step, _ in finished])
         for step, result in finished:
             step.done(result)
 
@@ -276,11 +277,17 @@ class Scheduler:
         return out[0] if len(out) == 1 else torch.cat(out, dim=1)
 
     def _finish(self, steps: list[Step], exc: BaseException) -> None:
-        with self._cond:
-            ids = {id(s) for s in steps}
-            self._pending = [s for s in self._pending if id(s) not in ids]
+        self._remove(steps)
         for step in steps:
             step.done(exc)
+
+    def _remove(self, steps: list[Step]) -> None:
+        """Take steps out of the queue (they are done, or failed)."""
+        if not steps:
+            return
+        ids = {id(s) for s in steps}
+        with self._cond:
+            self._pending = [s for s in self._pending if id(s) not in ids]
 
 
 class FutureResolver:

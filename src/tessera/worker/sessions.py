@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from tessera.api.stage import pages_for
 from tessera.errors import Busy, InvalidInput, NotFound
 
 
@@ -88,7 +89,7 @@ class SessionTable:
             raise InvalidInput(
                 "max_length", f"{max_length} exceeds this worker's maximum of {self.max_length}"
             )
-        slots = (end_block - start_block) * -(-max_length // self.page_tokens)
+        slots = (end_block - start_block) * pages_for(max_length, self.page_tokens)
         with self._lock:
             if session_id in self._sessions:
                 raise InvalidInput("session_id", f"session {session_id!r} is already open")
