@@ -41,9 +41,10 @@ from .calibrate import Calibration, calibrate
 from .sampling import Sampling
 from .scheduler import BatchStats, FutureResolver, PositionAhead, Result, Scheduler, Step
 from .sessions import SessionTable
-from .tensors import decode_many, decode_tensor, encode_tensor
+from .tensors import decode_many, encode_tensor
 
 log = logging.getLogger("tessera.worker")
+SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,7 @@ class Worker:
             "Compute time of one step",
             ["phase"],
             registry=self.registry,
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            buckets=SECONDS_BUCKETS,
         )
         self.m_batch = Histogram(
             "tessera_stage_batch_sessions",
@@ -100,7 +101,7 @@ class Worker:
             "tessera_stage_batch_seconds",
             "Compute time of one batched forward",
             registry=self.registry,
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            buckets=SECONDS_BUCKETS,
         )
         self.m_allocated = Gauge(
             "tessera_stage_allocated_slots",
@@ -180,10 +181,10 @@ class Worker:
         return self.submit_many([(session_id, x, position, sampling)])[0]
 
     def submit_many(
-        self, steps: list[tuple[str, torch.Tensor, int, Sampling]]
+        self, steps: list[tuple[str, torch.Tensor, int, Sampling] | TesseraError]
     ) -> list[asyncio.Future[Result]]:
-        """Queue steps together (they join the same forward); a future per step. A step whose
-        session is unknown gets its NotFound in its future."""
+        """Queue steps together (they join the same forward); a future per step. An error in
+        place of a step, or a step whose session is unknown, is that step's future's error."""
         _, sessions, scheduler = self.ready()
         loop = asyncio.get_running_loop()
         if self._resolver is None or self._resolver.loop is not loop:
@@ -191,9 +192,13 @@ class Worker:
         futures: list[asyncio.Future[Result]] = []
         queued: list[Step] = []
         now = time.monotonic()
-        for session_id, x, position, sampling in steps:
+        for entry in steps:
             future: asyncio.Future[Result] = loop.create_future()
             futures.append(future)
+            if isinstance(entry, TesseraError):
+                future.set_exception(entry)
+                continue
+            session_id, x, position, sampling = entry
             try:
                 session = sessions.get(session_id, now)
             except NotFound as exc:
@@ -204,39 +209,28 @@ class Worker:
         return futures
 
     def decode_inputs(
-        self, items: list[wire.StepIn], parts: list[bytes]
+        self, inputs: list[tuple[str, bytes, str, str]]
     ) -> list[torch.Tensor | TesseraError]:
-        """The inputs of one message's steps, each validated for its session's first block."""
+        """Step inputs (session id, bytes, dtype, shape), each validated for its session's first
+        block: the tensor, or the error that step gets."""
         stage, sessions, _ = self.ready()
         now = time.monotonic()
         out: list[torch.Tensor | TesseraError | None] = []
         todo: list[tuple[bytes, str, str, bool]] = []
-        for item, data in zip(items, parts, strict=True):
+        for session_id, data, dtype, shape in inputs:
             try:
-                first = sessions.get(item.session_id, now).start_block == 0
+                first = sessions.get(session_id, now).start_block == 0
             except NotFound as exc:
                 out.append(exc)
                 continue
             out.append(None)
-            todo.append((data, item.dtype, item.shape, first))
+            todo.append((data, dtype, shape, first))
         decoded = iter(
             decode_many(
                 todo, hidden_size=stage.hidden_size, vocab_size=int(stage.config.vocab_size)
             )
         )
         return [x if x is not None else next(decoded) for x in out]
-
-    def decode_input(self, session_id: str, data: bytes, dtype: str, shape: str) -> torch.Tensor:
-        stage, sessions, _ = self.ready()
-        session = sessions.get(session_id, time.monotonic())
-        return decode_tensor(
-            data,
-            dtype,
-            shape,
-            tokens=session.start_block == 0,
-            hidden_size=stage.hidden_size,
-            vocab_size=int(stage.config.vocab_size),
-        )
 
     def state(self) -> wire.StageState:
         s = self.settings
@@ -260,6 +254,37 @@ class Worker:
             memory_bytes=s.memory_bytes,
             ready=stage is not None,
         )
+
+
+def _step_out(session_id: str, future: asyncio.Future[Result]) -> tuple[wire.StepOut, bytes]:
+    """One step's entry in a /v1/steps answer, and its tensor bytes (none for a token)."""
+    exc = future.exception()
+    if exc is not None:
+        if not isinstance(exc, TesseraError):
+            raise exc
+        status, error = _error_body(exc)
+        out = wire.StepOut(
+            session_id=session_id,
+            status=status,
+            error=error.error,
+            retry_after_s=error.retry_after_s,
+        )
+        return out, b""
+    result, compute_s = future.result()
+    if isinstance(result, wire.StepToken):
+        return wire.StepOut(
+            session_id=session_id, status=200, token=result, compute_s=compute_s
+        ), b""
+    data, headers = encode_tensor(result)
+    out = wire.StepOut(
+        session_id=session_id,
+        status=200,
+        dtype=headers[wire.HEADER_DTYPE],
+        shape=headers[wire.HEADER_SHAPE],
+        nbytes=len(data),
+        compute_s=compute_s,
+    )
+    return out, data
 
 
 def _error_response(exc: Exception) -> JSONResponse:
@@ -338,12 +363,11 @@ def build_app(worker: Worker, token: str | None = None) -> FastAPI:
     async def step(session_id: str, request: Request) -> Response:
         h = request.headers
         try:
-            x = worker.decode_input(
-                session_id,
-                await request.body(),
-                h.get(wire.HEADER_DTYPE, ""),
-                h.get(wire.HEADER_SHAPE, ""),
-            )
+            step_in = (session_id, await request.body(), h.get(wire.HEADER_DTYPE, ""),
+                       h.get(wire.HEADER_SHAPE, ""))  # fmt: skip
+            (x,) = worker.decode_inputs([step_in])
+            if isinstance(x, TesseraError):
+                raise x
             sampling = Sampling(
                 temperature=_float_header(h, wire.HEADER_TEMPERATURE, 0.0),
                 top_p=_float_header(h, wire.HEADER_TOP_P, 1.0),
@@ -375,9 +399,11 @@ def build_app(worker: Worker, token: str | None = None) -> FastAPI:
             return await delayed(_error_response(exc))
 
         # Decode every input first, then queue them all at once: they join the same forward.
-        errors: list[TesseraError | ValidationError | None] = []
-        steps_in: list[tuple[str, torch.Tensor, int, Sampling]] = []
-        for item, x in zip(batch.steps, worker.decode_inputs(batch.steps, parts), strict=True):
+        inputs = [
+            (i.session_id, d, i.dtype, i.shape) for i, d in zip(batch.steps, parts, strict=True)
+        ]
+        entries: list[tuple[str, torch.Tensor, int, Sampling] | TesseraError] = []
+        for item, x in zip(batch.steps, worker.decode_inputs(inputs), strict=True):
             try:
                 if isinstance(x, TesseraError):
                     raise x
@@ -386,49 +412,13 @@ def build_app(worker: Worker, token: str | None = None) -> FastAPI:
                     top_p=_in_range(wire.HEADER_TOP_P, item.top_p, 1.0),
                     seed=item.seed or 0,
                 )
-            except (TesseraError, ValidationError) as exc:
-                errors.append(exc)
+            except TesseraError as exc:
+                entries.append(exc)
                 continue
-            errors.append(None)
-            steps_in.append((item.session_id, x, item.position, sampling))
-        futures = iter(worker.submit_many(steps_in))
-        queued = [e if e is not None else next(futures) for e in errors]
-
-        waiting = [q for q in queued if isinstance(q, asyncio.Future)]
-        if waiting:
-            await asyncio.wait(waiting)
-        done: list[tuple[wire.StepOut, bytes]] = []
-        for item, q in zip(batch.steps, queued, strict=True):
-            exc = q if isinstance(q, Exception) else q.exception()
-            if exc is not None:
-                if not isinstance(exc, TesseraError | ValidationError):
-                    raise exc
-                status, error = _error_body(exc)
-                out = wire.StepOut(
-                    session_id=item.session_id,
-                    status=status,
-                    error=error.error,
-                    retry_after_s=error.retry_after_s,
-                )
-                done.append((out, b""))
-                continue
-            result, compute_s = q.result()
-            if isinstance(result, wire.StepToken):
-                out = wire.StepOut(
-                    session_id=item.session_id, status=200, token=result, compute_s=compute_s
-                )
-                done.append((out, b""))
-                continue
-            data_out, headers = encode_tensor(result)
-            out = wire.StepOut(
-                session_id=item.session_id,
-                status=200,
-                dtype=headers[wire.HEADER_DTYPE],
-                shape=headers[wire.HEADER_SHAPE],
-                nbytes=len(data_out),
-                compute_s=compute_s,
-            )
-            done.append((out, data_out))
+            entries.append((item.session_id, x, item.position, sampling))
+        futures = worker.submit_many(entries)
+        await asyncio.wait(futures)
+        done = [_step_out(i.session_id, f) for i, f in zip(batch.steps, futures, strict=True)]
         body = wire.pack(wire.StepResults(results=[r for r, _ in done]), [d for _, d in done])
         return await delayed(Response(content=body, media_type=wire.TENSOR_MEDIA_TYPE))
 

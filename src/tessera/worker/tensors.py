@@ -26,21 +26,13 @@ def encode_tensor(t: torch.Tensor) -> tuple[bytes, dict[str, str]]:
     }
 
 
-def decode_tensor(
-    body: bytes, dtype: str, shape: str, *, tokens: bool, hidden_size: int, vocab_size: int
-) -> torch.Tensor:
-    """Validate and rebuild a step input: token ids [1, T] or hidden states [1, T, H]."""
-    x = _view(body, dtype, shape, tokens=tokens, hidden_size=hidden_size)
-    _check_values(x, tokens, vocab_size)
-    return x
-
-
 def decode_many(
     parts: list[tuple[bytes, str, str, bool]], *, hidden_size: int, vocab_size: int
 ) -> list[torch.Tensor | InvalidInput]:
-    """`decode_tensor` for the steps of one message: (body, dtype, shape, tokens) each. The
-    values are checked in one pass over all of them (per step only if that pass fails), since
-    per-step checks cost more than the forward's own overhead at 32 sessions."""
+    """Validate and rebuild step inputs, (body, dtype, shape, tokens) each: token ids [1, T]
+    or hidden states [1, T, H], or the error of that input. The values are checked in one pass
+    over all of them (per input only if that pass fails), since per-input checks cost more than
+    the forward's own overhead at 32 sessions."""
     out: list[torch.Tensor | InvalidInput] = []
     for body, dtype, shape, tokens in parts:
         try:
