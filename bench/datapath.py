@@ -22,7 +22,7 @@ import httpx
 import numpy as np
 
 from tessera.api.stage import StepToken
-from tessera.router.stage_client import SamplingHeaders, StageClient, Tensor
+from tessera.router.stage_client import StageClient, StepSampling, Tensor
 
 PROMPT_TOKENS = 32
 DECODE_STEPS = 48
@@ -91,7 +91,7 @@ class Chain:
         tokens: list[int] = []
         step_s: list[float] = []
         overhead: list[float] = []
-        greedy = SamplingHeaders(0.0, 1.0, 0)
+        greedy = StepSampling(0.0, 1.0, 0)
         try:
             x, pos = prompt, 0
             for i in range(steps + 1):
@@ -118,7 +118,7 @@ class Chain:
         sid: str,
         ids: list[int],
         pos: int,
-        sampling: SamplingHeaders,
+        sampling: StepSampling,
     ) -> tuple[int, list[float]]:
         x: Tensor | StepToken = Tensor.tokens(ids)
         over = []

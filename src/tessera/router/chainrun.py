@@ -19,7 +19,7 @@ from tessera.api.stage import StepToken
 from tessera.errors import Busy, NotFound
 
 from .chains import Hop, LiveChains
-from .stage_client import SamplingHeaders, StageFailed, Tensor
+from .stage_client import StageFailed, StepSampling, Tensor
 
 log = logging.getLogger("tessera.router")
 _background: set[asyncio.Task[None]] = set()  # close tasks, kept referenced until done
@@ -35,7 +35,7 @@ class ChainRun:
     chains: LiveChains
     hops: list[Hop]
     request_id: str
-    sampling: SamplingHeaders
+    sampling: StepSampling
     route_cost_s: float
     max_length: int  # tokens declared on every stage: prompt + max_tokens
     prompt_tokens: int = 0

@@ -23,7 +23,7 @@ from tessera.placement.routing import ws_rr
 from . import failover
 from .chainrun import ChainRun
 from .chains import LiveChains
-from .stage_client import SamplingHeaders, StageFailed
+from .stage_client import StageFailed, StepSampling
 
 __all__ = ["ChainRun", "GenerationParams", "generate", "reserve", "retry_after_s"]
 
@@ -108,7 +108,7 @@ async def reserve(
     """
     deadline = time.monotonic() + max_wait_s
     request_id = f"req-{uuid.uuid4().hex[:20]}"
-    sampling = SamplingHeaders(params.temperature, params.top_p, params.seed)
+    sampling = StepSampling(params.temperature, params.top_p, params.seed)
     wait_s: float | None = None  # WS-RR's wait of the best chain, when it knows one
     queued = False
     attempt = 0  # each attempt opens sessions under its own id (a late close cannot hit them)

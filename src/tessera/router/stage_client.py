@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import aiohttp
 import numpy as np
@@ -49,17 +49,10 @@ class Tensor:
 
 
 @dataclass(frozen=True)
-class SamplingHeaders:
+class StepSampling:
     temperature: float
     top_p: float
     seed: int
-
-    def headers(self) -> dict[str, str]:
-        return {
-            wire.HEADER_TEMPERATURE: repr(self.temperature),
-            wire.HEADER_TOP_P: repr(self.top_p),
-            wire.HEADER_SEED: str(self.seed),
-        }
 
 
 @dataclass(frozen=True)
@@ -135,14 +128,18 @@ class StageClient:
             message, retry = err.error.message, err.retry_after_s
         except ValidationError:
             message, retry = response.text[:200], None
-        if response.status_code == 429:
+        self._raise_status(response.status_code, message, retry)
+
+    def _raise_status(self, status: int, message: str, retry: float | None) -> NoReturn:
+        """The error of a stage answer with HTTP status `status` (400 or more)."""
+        if status == 429:
             raise Busy(f"stage {self.server}: {message}", retry_after_s=retry or 1.0)
-        if response.status_code == 404:
+        if status == 404:
             raise NotFound(f"stage {self.server}: {message}")
-        if response.status_code == 401:
+        if status == 401:
             raise StageFailed(self.server, f"refused the router's worker token: {message}")
         # Any other 4xx is a protocol bug between router and worker, not the user's fault.
-        raise StageFailed(self.server, f"HTTP {response.status_code}: {message}")
+        raise StageFailed(self.server, f"HTTP {status}: {message}")
 
     async def open(self, session_id: str, start: int, end: int, max_length: int) -> int:
         body = wire.OpenSession(
@@ -157,7 +154,7 @@ class StageClient:
         return wire.SessionOpened.model_validate_json(response.content).slots
 
     async def step(
-        self, session_id: str, x: Tensor, position: int, sampling: SamplingHeaders | None
+        self, session_id: str, x: Tensor, position: int, sampling: StepSampling | None
     ) -> Tensor | wire.StepToken:
         """One session's step; sent with the other steps of this turn in one message."""
         item = wire.StepIn(
@@ -187,36 +184,38 @@ class StageClient:
         task.add_done_callback(self._flights.discard)
 
     async def _send(self, batch: list[_Pending]) -> None:
+        """Send one message; every caller gets its result, or the message's error: never left
+        waiting on a message that failed."""
         try:
             await self._exchange(batch)
-        except BaseException as exc:  # never leave a caller waiting on a message that failed
-            error = StageFailed(self.server, f"step message failed: {type(exc).__name__}: {exc}")
+        except BaseException as exc:
+            error: BaseException = exc
+            if isinstance(exc, ValueError):  # a broken answer (framing, JSON)
+                error = StageFailed(self.server, f"a bad /v1/steps answer: {exc}")
+            elif not isinstance(exc, StageFailed | Busy | NotFound):
+                error = StageFailed(
+                    self.server, f"step message failed: {type(exc).__name__}: {exc}"
+                )
+                if isinstance(exc, Exception):
+                    log.exception("a step message to %s failed unexpectedly", self.server)
             for p in batch:
                 if not p.future.done():
                     p.future.set_exception(error)
             if not isinstance(exc, Exception):  # cancelled (shutdown): let it propagate
                 raise
-            log.exception("a step message to %s failed unexpectedly", self.server)
 
     async def _exchange(self, batch: list[_Pending]) -> None:
-        try:
-            body = wire.pack(wire.StepBatch(steps=[p.item for p in batch]), [p.data for p in batch])
-            self.messages_sent += 1
-            response = await self._post(
-                "/v1/steps", data=body, headers={"content-type": wire.TENSOR_MEDIA_TYPE}
-            )
-            self._raise_for(response)
-            head, payload = wire.unpack(response.content)
-            results = wire.StepResults.model_validate_json(head).results
-            parts = wire.split_payload(payload, [r.nbytes for r in results])
-            if len(results) != len(batch):
-                raise StageFailed(self.server, f"{len(results)} results for {len(batch)} steps")
-        except (ValueError, StageFailed, Busy, NotFound) as exc:  # ValueError: broken framing
-            error = exc if not isinstance(exc, ValueError) else StageFailed(self.server, str(exc))
-            for p in batch:
-                if not p.future.done():
-                    p.future.set_exception(error)
-            return
+        body = wire.pack(wire.StepBatch(steps=[p.item for p in batch]), [p.data for p in batch])
+        self.messages_sent += 1
+        response = await self._post(
+            "/v1/steps", data=body, headers={"content-type": wire.TENSOR_MEDIA_TYPE}
+        )
+        self._raise_for(response)
+        head, payload = wire.unpack(response.content)
+        results = wire.StepResults.model_validate_json(head).results
+        parts = wire.split_payload(payload, [r.nbytes for r in results])
+        if len(results) != len(batch):
+            raise StageFailed(self.server, f"{len(results)} results for {len(batch)} steps")
         for p, result, data in zip(batch, results, parts, strict=True):
             if p.future.done():
                 continue
@@ -227,14 +226,8 @@ class StageClient:
 
     def _one(self, result: wire.StepOut, data: bytes) -> Tensor | wire.StepToken:
         if result.status != 200 or result.error is not None:
-            err = wire.StageError(
-                error=result.error
-                or wire.StageErrorBody(message="no result", type="internal", code="internal"),
-                retry_after_s=result.retry_after_s,
-            )
-            self._raise_for(_Reply(result.status, err.model_dump_json().encode(), {}))
-            if result.status >= 500:
-                raise StageFailed(self.server, f"HTTP {result.status}: {err.error.message}")
+            message = result.error.message if result.error is not None else "no result"
+            self._raise_status(max(result.status, 400), message, result.retry_after_s)
         self.last_compute_s = result.compute_s
         if result.token is not None:
             return result.token
