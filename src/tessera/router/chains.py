@@ -213,19 +213,42 @@ class LiveChains:
 
     # --- choice and accounting ----------------------------------------------------------------
     def choose(self, input_tokens: int, output_tokens: int) -> RouteChoice | None:
-        down = {n for n, s in self.servers.items() if not s.up}
+        """The best chain of servers that are up, under the live load (WS-RR)."""
         return ws_rr(
             self.table,
             self.client_index,
             self.loads(time.monotonic(), input_tokens + output_tokens),
             input_tokens=input_tokens,
             output_tokens=output_tokens,
-            exclude=down,
+            exclude=self._down(),
+        )
+
+    def choose_unloaded(
+        self, input_tokens: int | None = None, output_tokens: int | None = None
+    ) -> RouteChoice | None:
+        """The best chain of servers that are up, as if they were idle (None: no chain)."""
+        return ws_rr(
+            self.table,
+            self.client_index,
+            {},
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            exclude=self._down(),
         )
 
     def has_complete_chain(self) -> bool:
-        down = {n for n, s in self.servers.items() if not s.up}
-        return ws_rr(self.table, self.client_index, {}, exclude=down) is not None
+        return self.choose_unloaded() is not None
+
+    def running_remaining_s(self, now_s: float) -> list[float]:
+        """Expected remaining time of each request of ours (one entry per session id)."""
+        ends: dict[str, float] = {}
+        for server in self.servers.values():
+            for sid, (end_s, _slots) in server.own.items():
+                ends[sid] = max(ends.get(sid, end_s), end_s)
+        return [end_s - now_s for end_s in ends.values()]
+
+    def _down(self) -> set[str]:
+        return {n for n, s in self.servers.items() if not s.up}
 
     def hops(self, chain: tuple[str, ...]) -> list[Hop]:
         out, prev = [], 0

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 from tessera.api.stage import StepToken
 from tessera.errors import Busy, Unavailable
-from tessera.placement.routing import ws_rr
 
 from . import failover
 from .chainrun import ChainRun
@@ -68,30 +67,6 @@ def retry_after_s(
     return float(max(1, math.ceil(min(estimate, MAX_RETRY_AFTER_S) - 1e-9)))
 
 
-def _running_s(chains: LiveChains, now_s: float) -> list[float]:
-    """Remaining time of each request this router runs (one entry per session id)."""
-    ends: dict[str, float] = {}
-    for server in chains.servers.values():
-        for sid, (end_s, _slots) in server.own.items():
-            ends[sid] = max(ends.get(sid, end_s), end_s)
-    return [end_s - now_s for end_s in ends.values()]
-
-
-def _request_s(chains: LiveChains, prompt_tokens: int, output_tokens: int) -> float | None:
-    """Service time of one request on the best chain that is up, ignoring load."""
-    up = set(chains.up_servers())
-    down = [n for n in chains.servers if n not in up]
-    best = ws_rr(
-        chains.table,
-        chains.client_index,
-        {},
-        input_tokens=prompt_tokens,
-        output_tokens=output_tokens,
-        exclude=down,
-    )
-    return best.service_s if best is not None else None
-
-
 async def reserve(
     chains: LiveChains,
     prompt_tokens: int,
@@ -117,11 +92,15 @@ async def reserve(
         ahead = chains.waiting - (1 if queued else 0)
         estimate = retry_after_s(
             wait_s=wait_s,
-            running_s=_running_s(chains, time.monotonic()),
+            running_s=chains.running_remaining_s(time.monotonic()),
             queued_ahead=ahead,
-            request_s=_request_s(chains, prompt_tokens, params.max_tokens),
+            request_s=request_s(),
         )
         return Busy(message, retry_after_s=estimate)
+
+    def request_s() -> float | None:  # one request's service time, ignoring load
+        best = chains.choose_unloaded(prompt_tokens, params.max_tokens)
+        return best.service_s if best is not None else None
 
     def no_chain() -> Unavailable:
         return Unavailable("no complete chain of stages is up", hint="retry later")
