@@ -20,8 +20,7 @@ def smollm2_dir() -> pathlib.Path:
 def up(smollm2_dir, tmp_path_factory):
     pool = Up(REPO / "examples" / "local.yaml", tmp_path_factory.mktemp("up"))
     try:
-        pool.wait_for("ready:", timeout_s=180)
-        pool.wait_for("Ctrl-C", timeout_s=10)
+        pool.wait_ready()
         yield pool
     finally:
         pool.stop()

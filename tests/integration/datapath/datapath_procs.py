@@ -62,6 +62,11 @@ class Up:
             f"no line starting with {prefix!r}; output so far:\n" + "\n".join(self.lines)
         )
 
+    def wait_ready(self, timeout_s: float = 180) -> None:
+        """Until `tessera up` says it serves (then it prints the examples, ending with Ctrl-C)."""
+        self.wait_for("ready:", timeout_s=timeout_s)
+        self.wait_for("Ctrl-C", timeout_s=10)
+
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"

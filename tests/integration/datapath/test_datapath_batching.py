@@ -74,8 +74,7 @@ def exact_up(smollm2_dir, tmp_path_factory):
     (folder / "pool.yaml").write_text(yaml.safe_dump(pool))
     up = Up(folder / "pool.yaml", folder / "run")
     try:
-        up.wait_for("ready:", timeout_s=180)
-        up.wait_for("Ctrl-C", timeout_s=10)
+        up.wait_ready()
         yield up
     finally:
         up.stop()

@@ -27,8 +27,7 @@ def pool(smollm2_dir, tmp_path_factory):
     (d / "pool.yaml").write_text(yaml.safe_dump(cfg))
     up = Up(d / "pool.yaml", d / "run")
     try:
-        up.wait_for("ready:", timeout_s=180)
-        up.wait_for("Ctrl-C", timeout_s=10)
+        up.wait_ready()
         p = Pool(up, keys)
         p.wait_all_up()
         yield p
