@@ -359,12 +359,13 @@ async def _sse(
 ) -> AsyncIterator[bytes]:
     created = int(time.time())
     name = state.model_name
-    role = [chat]  # the role goes on the first chunk sent
+    role_due = chat  # the role goes on the first chunk sent
 
     def chunk(content: str | None, finish: str | None) -> bytes:
+        nonlocal role_due
         if chat:
-            delta = oa.Delta(role="assistant" if role[0] else None, content=content)
-            role[0] = False
+            delta = oa.Delta(role="assistant" if role_due else None, content=content)
+            role_due = False
             return _event(
                 oa.ChatCompletionChunk(
                     id=rid,
