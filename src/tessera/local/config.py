@@ -35,7 +35,7 @@ from tessera.placement import (
     validate,
 )
 from tessera.placement.cg_bprr import route_clients
-from tessera.placement.perf import chain_hops, first_token_s, predicted_for, weighted_mean
+from tessera.placement.perf import chain_hops, predicted_for
 
 CPU_BYTES_PER_S = 6e9  # effective weight streaming rate of one core in a decode step (measured)
 BASE_RTT_S = 0.001  # one loopback HTTP hop, measured (about 0.5-1 ms)
@@ -205,9 +205,6 @@ def typical_first_token_s(
     """Predicted time to the first token of a `prompt_tokens` prompt on each client's planned
     chain (client-weighted, like `Plan.predicted`, which uses `max_input_tokens`)."""
     placed = {p.server: p for p in plan.placement}
-    times = []
-    for c, client in enumerate(problem.clients):
-        chain = plan.routes.get(client.name, ())
-        hops = chain_hops(problem, placed, chain) if chain else []
-        times.append(first_token_s(problem, c, hops, prompt_tokens) if hops else float("inf"))
-    return weighted_mean(problem, times)
+    chains = (plan.routes.get(client.name, ()) for client in problem.clients)
+    hops_all = [chain_hops(problem, placed, chain) if chain else [] for chain in chains]
+    return predicted_for(problem, hops_all, None, prompt_tokens).first_token_s

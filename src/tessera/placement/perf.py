@@ -96,11 +96,18 @@ def farthest_rtt(problem: Problem, server: int) -> float:
 
 
 def predicted_for(
-    problem: Problem, hops_all: Sequence[Sequence[tuple[int, int]]], bound: float | None
+    problem: Problem,
+    hops_all: Sequence[Sequence[tuple[int, int]]],
+    bound: float | None,
+    input_tokens: int | None = None,
 ) -> Predicted:
-    """Client-weighted per-token and first-token time of one chain per client (inf: no chain)."""
+    """Client-weighted per-token and first-token time of one chain per client (inf: no chain);
+    the first token after a prompt of `input_tokens` (default: the workload's maximum)."""
     per_token = [
         decode_s_per_token(problem, c, h) if h else math.inf for c, h in enumerate(hops_all)
     ]
-    first = [first_token_s(problem, c, h) if h else math.inf for c, h in enumerate(hops_all)]
+    first = [
+        first_token_s(problem, c, h, input_tokens) if h else math.inf
+        for c, h in enumerate(hops_all)
+    ]
     return Predicted(weighted_mean(problem, per_token), weighted_mean(problem, first), bound)
