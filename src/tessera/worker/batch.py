@@ -18,6 +18,7 @@ beside decodes in one step, KV allocated in pages as a session grows.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -94,13 +95,24 @@ class Packed:
     counts: Sequence[int]  # new tokens of each session
     layer_offset: int  # the range's first layer, as an index into each SessionKV
 
-    @property
+    @functools.cached_property  # read by every layer: computed once per forward
     def bounds(self) -> list[tuple[int, int]]:
         out, at = [], 0
         for t in self.counts:
             out.append((at, at + t))
             at += t
         return out
+
+    @functools.cached_property
+    def _masks(self) -> dict[tuple[int, int | None], torch.Tensor | None]:
+        return {}
+
+    def mask(self, i: int, window: int | None, device: torch.device) -> torch.Tensor | None:
+        """Session i's attention mask, made once per forward (and per sliding window)."""
+        key = (i, window)
+        if key not in self._masks:
+            self._masks[key] = _mask(self.positions[i], self.counts[i], window, device)
+        return self._masks[key]
 
 
 class PackedCache:
@@ -149,18 +161,12 @@ def ragged_attention(
     layer = int(module.layer_idx) - p.layer_offset  # type: ignore[arg-type]
     outs = []
     bounds = p.bounds
-    for kv, pos, (a, b) in zip(p.kvs, p.positions, bounds, strict=True):
+    for i, (kv, pos, (a, b)) in enumerate(zip(p.kvs, p.positions, bounds, strict=True)):
         end = pos + b - a
         k = kv.keys[layer][:, :, :end]
         v = kv.values[layer][:, :, :end]
-        out, _ = sdpa_attention_forward(
-            module,
-            query[:, :, a:b],
-            k,
-            v,
-            _mask(pos, b - a, sliding_window, query.device),
-            **kwargs,
-        )
+        mask = p.mask(i, sliding_window, query.device)
+        out, _ = sdpa_attention_forward(module, query[:, :, a:b], k, v, mask, **kwargs)
         outs.append(out)
     pad = query.shape[2] - bounds[-1][1]
     if pad > 0:  # rows added for batch invariance: they attend to nothing
