@@ -22,7 +22,8 @@ from .auth import ApiKeys
 from .chains import LiveChains
 from .errors import HEALTH_RESPONSES, error_body, openapi_schema
 from .failover import FailoverPolicy
-from .guard import Guard
+from .guard import CountOutcomes, Guard
+from .http_limits import HttpLimits, uvicorn_settings
 from .metrics import RouterMetrics
 from .openai_routes import RouterState, build_routes
 from .reload import PlanFiles, PlanReloader, PlanSet
@@ -49,6 +50,7 @@ class RouterConfig:
     api_keys_file: pathlib.Path | None = None  # None: open (local development)
     worker_token: str | None = None  # sent to every worker (`Authorization: Bearer`)
     max_body_bytes: int = 4 << 20
+    http_limits: HttpLimits = HttpLimits()  # request head size, head and body deadlines
     stage_clients: Mapping[str, StageClient] | None = None  # tests: in-process stand-ins
     plan_files: PlanFiles | None = None  # where plan, problem, endpoints came from: re-read
     reload_interval_s: float = 2.0  # how often `plan_files` are checked for a change
@@ -81,7 +83,7 @@ def build_app(config: RouterConfig) -> FastAPI:
         model_name=config.model_name,
         tokenizer=config.tokenizer,
         chains=chains,
-        metrics=RouterMetrics(),
+        metrics=RouterMetrics(config.model_name),
         max_input_tokens=w.max_input_tokens,
         max_output_tokens=w.max_output_tokens,
         max_wait_s=config.max_wait_s,
@@ -124,7 +126,13 @@ def build_app(config: RouterConfig) -> FastAPI:
     app = FastAPI(title="tessera router", lifespan=lifespan)
     app.state.tessera = state
     app.state.tessera_reloader = reloader
-    app.add_middleware(Guard, keys=keys, max_body_bytes=config.max_body_bytes)
+    app.add_middleware(
+        Guard,
+        keys=keys,
+        max_body_bytes=config.max_body_bytes,
+        body_timeout_s=config.http_limits.body_timeout_s,
+    )
+    app.add_middleware(CountOutcomes, count=state.metrics.count)  # outside the Guard: sees all
     app.openapi = lambda: openapi_schema(  # type: ignore[method-assign]
         app,
         secured=keys is not None,
@@ -183,6 +191,21 @@ def build_app(config: RouterConfig) -> FastAPI:
         return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def serve(config: RouterConfig, *, host: str, port: int) -> None:
+    """Run the router with uvicorn, its HTTP limits applied below the app (`http_limits`)."""
+    import uvicorn
+
+    app = build_app(config)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        **uvicorn_settings(config.http_limits, app.state.tessera.metrics.count_status),
+    )
 
 
 def _union_label(part: str) -> bool:

@@ -30,6 +30,7 @@ from .chains import LiveChains
 from .errors import GENERATE_ERRORS, ModelNotFound, PromptTooLong, error_event, error_response
 from .failover import FailoverPolicy
 from .generate import ChainRun, GenerationParams, generate, reserve
+from .guard import CLIENT_GONE, OUTCOME_KEY
 from .metrics import RouterMetrics
 from .text import TextStream
 from .tokenizer import Tokenizer
@@ -148,9 +149,7 @@ def build_routes(state: RouterState) -> APIRouter:
 
 
 def _fail(state: RouterState, exc: TesseraError) -> Response:
-    response = error_response(exc)
-    state.metrics.requests.labels(state.model_name, str(response.status_code)).inc()
-    return response
+    return error_response(exc)  # counted with every other outcome by `guard.CountOutcomes`
 
 
 def _ok(model: type[Any]) -> dict[str, Any]:
@@ -210,7 +209,8 @@ async def _serve(state: RouterState, prep: _Prepared, request: Request, *, chat:
                     return _fail(state, first)
                 raise first
             headers[CHAIN_HEADER] = ">".join(run.chain)  # a failover in the prefill moved it
-            body = _sse(state, run, prep, rid, chat, t0, first, tokens)
+            outcome = request.scope.setdefault("state", {})  # where a stream's error is told
+            body = _sse(state, run, prep, rid, chat, t0, first, tokens, outcome)
             return StreamingResponse(body, media_type="text/event-stream", headers=headers)
         try:
             done = await _unless_gone(gone, _whole(state, run, prep, t0))
@@ -285,8 +285,7 @@ async def _unless_gone(gone: asyncio.Future[None], coro: Any) -> Any:
 
 
 def _client_gone(state: RouterState) -> Response:
-    state.metrics.requests.labels(state.model_name, "499").inc()
-    return Response(status_code=499)  # nobody reads it: the client has gone
+    return Response(status_code=int(CLIENT_GONE))  # nobody reads it: the client has gone
 
 
 async def _disconnected(request: Request) -> None:
@@ -317,14 +316,13 @@ async def _whole(
     finally:
         run.close_soon()
     parts.append(text.finish())
-    _observe(state, t0, first_s, n_out, "200")
+    _observe(state, t0, first_s, n_out)
     return "".join(parts), finish, n_out
 
 
-def _observe(state: RouterState, t0: float, first_s: float | None, n_out: int, status: str) -> None:
+def _observe(state: RouterState, t0: float, first_s: float | None, n_out: int) -> None:
     m = state.metrics
     total = time.perf_counter() - t0
-    m.requests.labels(state.model_name, status).inc()
     m.latency.observe(total)
     if first_s is not None:
         m.ttft.observe(first_s)
@@ -356,6 +354,7 @@ async def _sse(
     t0: float,
     first: _First,
     rest: AsyncGenerator[StepToken, None],
+    outcome: dict[str, Any],
 ) -> AsyncIterator[bytes]:
     created = int(time.time())
     name = state.model_name
@@ -384,7 +383,7 @@ async def _sse(
         )
 
     text = TextStream(state.tokenizer, prep.stops)
-    finish, n_out, status = "length", 0, "200"
+    finish, n_out = "length", 0
     first_s = first.after_s if first.token is not None else None
     try:
         async for out in _then(first.token, rest):
@@ -419,10 +418,10 @@ async def _sse(
                     oa.Completion(id=rid, created=created, model=name, choices=[], usage=usage)
                 )
     except TesseraError as exc:  # failover gave up: an OpenAI error event, then [DONE]
-        status = str(error_response(exc).status_code)
+        outcome[OUTCOME_KEY] = str(error_response(exc).status_code)
         yield b"data: " + json.dumps(error_event(exc)).encode() + b"\n\n"
     finally:
         run.close_soon()
-        _observe(state, t0, first_s, n_out, status)
+        _observe(state, t0, first_s, n_out)
         await rest.aclose()
     yield b"data: [DONE]\n\n"
