@@ -20,7 +20,7 @@ from tessera.placement import Plan, Problem
 
 from .auth import ApiKeys
 from .chains import LiveChains
-from .errors import HEALTH_RESPONSES, error_body, openapi_schema
+from .errors import HEALTH_RESPONSES, error_body, openapi_schema, validation_error
 from .failover import FailoverPolicy
 from .guard import CountOutcomes, Guard
 from .http_limits import HttpLimits, uvicorn_settings
@@ -153,16 +153,7 @@ def build_app(config: RouterConfig) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-        # Drop pydantic's union-branch labels (e.g. "str", "list[TextPart]") from the path.
-        param = ".".join(p for p in loc if not _union_label(p))
-        if first.get("type") == "json_invalid":
-            return error_body(
-                400, "the body is not valid JSON", "invalid_request_error", None, "invalid_json"
-            )
-        message = f"{param or 'body'}: {first.get('msg', 'invalid value')}"
-        return error_body(400, message, "invalid_request_error", param or None, "invalid_value")
+        return validation_error(list(exc.errors()))
 
     app.include_router(build_routes(state))
 
@@ -205,13 +196,4 @@ def serve(config: RouterConfig, *, host: str, port: int) -> None:
         log_level="warning",
         access_log=False,
         **uvicorn_settings(config.http_limits, app.state.tessera.metrics.count_status),
-    )
-
-
-def _union_label(part: str) -> bool:
-    """pydantic's names of union branches in an error location (not parameter names)."""
-    return (
-        any(ch in part for ch in "[]")
-        or part in ("str", "int", "float", "bool")
-        or (part.startswith(("constrained-", "function-", "literal")))
     )

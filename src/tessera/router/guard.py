@@ -84,7 +84,8 @@ class Guard:
         ctype = next((v for k, v in headers if k == b"content-type"), b"").decode("latin-1")
         media = ctype.split(";")[0].strip().lower()
         if not media:  # read as JSON, which is all this API takes
-            scope = {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
+            kept = [(k, v) for k, v in headers if k != b"content-type"]  # an empty one, if any
+            scope = {**scope, "headers": [*kept, (b"content-type", b"application/json")]}
         elif media != "application/json" and not media.endswith("+json"):
             await _refuse(
                 send,

@@ -72,11 +72,7 @@ def _prepare(
         raise ModelNotFound(
             f"The model {req.model!r} does not exist; this endpoint serves {state.model_name!r}"
         )
-    if req.n not in (None, 1):
-        raise InvalidInput("n", "only n=1 is supported: send separate requests for more choices")
-    stops = req.stop_list()
-    if len(stops) > oa.MAX_STOP_SEQUENCES:
-        raise InvalidInput("stop", f"at most {oa.MAX_STOP_SEQUENCES} stop sequences")
+    stops = req.stop_list()  # at most MAX_STOP_SEQUENCES (checked by the request model)
     if not prompt:
         raise InvalidInput(prompt_param, "the prompt is empty")
     if len(prompt) > state.max_input_tokens:
@@ -118,7 +114,9 @@ def build_routes(state: RouterState) -> APIRouter:
     @api.post("/v1/chat/completions", responses={200: _ok(oa.ChatCompletion), **GENERATE_ERRORS})
     async def chat(req: oa.ChatCompletionRequest, request: Request) -> Response:
         try:
-            messages = [{"role": msg.role, "content": msg.text()} for msg in req.messages]
+            if req.top_logprobs is not None and not req.logprobs:
+                raise InvalidInput("top_logprobs", "top_logprobs needs logprobs: true")
+            messages = [msg.template_fields() for msg in req.messages]
             prompt = state.tokenizer.chat(messages)
             prep = _prepare(
                 state, req, prompt, "messages", req.max_completion_tokens or req.max_tokens
@@ -138,8 +136,6 @@ def build_routes(state: RouterState) -> APIRouter:
                 prompt = [int(t) for t in req.prompt]
             else:
                 prompt = state.tokenizer.encode(req.prompt)
-            if req.echo:
-                raise InvalidInput("echo", "echo is not supported")
             prep = _prepare(state, req, prompt, "prompt", req.max_tokens)
         except TesseraError as exc:
             return _fail(state, exc)
