@@ -219,7 +219,7 @@ def test_out_of_range_sampling_is_a_400_naming_it_and_top_logprobs_come_back(fir
     ]
     status, out = _steps(last, [("samp", x, 0, extra) for extra in bad])
     assert status == 200 and [o.status for o, _ in out] == [400] * len(bad)
-    for (o, _), name in zip(out, ["top-p", "top-p", "temperature", "logprobs"]):
+    for (o, _), name in zip(out, ["top-p", "top-p", "temperature", "logprobs"], strict=True):
         assert name in o.error.message and o.error.code == "invalid_request"
     # The single-step route: a 400 too, not a 500 with a traceback.
     r = last.post(
