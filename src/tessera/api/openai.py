@@ -166,6 +166,10 @@ class _Generate(_In):
     presence_penalty: Penalty = None
     logit_bias: LogitBias = None
 
+    def top_logprobs_wanted(self) -> int | None:
+        """None: no logprobs; else how many alternatives per position (0: only the chosen)."""
+        return None
+
     def stop_list(self) -> list[str]:
         if self.stop is None:
             return []
@@ -188,7 +192,6 @@ class ChatCompletionRequest(_Generate):
     function_call: ToolChoice = None
 
     def top_logprobs_wanted(self) -> int | None:
-        """None: no logprobs; else how many alternatives per position (0: only the chosen)."""
         return (self.top_logprobs or 0) if self.logprobs else None
 
 
@@ -223,11 +226,35 @@ class AssistantMessage(_Out):
     content: str
 
 
+class TopLogprob(_Out):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class ChatTokenLogprob(_Out):
+    token: str
+    logprob: float
+    bytes: list[int]
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(_Out):
+    content: list[ChatTokenLogprob]
+
+
+class CompletionLogprobs(_Out):
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]]  # the `logprobs` most likely, and the chosen token
+    text_offset: list[int]
+
+
 class ChatChoice(_Out):
     index: int = 0
     message: AssistantMessage
     finish_reason: str
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
 
 
 class ChatCompletion(_Out):
@@ -249,7 +276,7 @@ class ChunkChoice(_Out):
     index: int = 0
     delta: Delta
     finish_reason: str | None = None
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
 
 
 class ChatCompletionChunk(_Out):
@@ -265,7 +292,7 @@ class TextChoice(_Out):
     index: int = 0
     text: str
     finish_reason: str | None
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
 
 
 class Completion(_Out):

@@ -31,6 +31,7 @@ from .errors import GENERATE_ERRORS, ModelNotFound, PromptTooLong, error_event, 
 from .failover import FailoverPolicy
 from .generate import ChainRun, GenerationParams, generate, reserve
 from .guard import CLIENT_GONE, OUTCOME_KEY
+from .logprobs import chat_logprobs, completion_logprobs
 from .metrics import RouterMetrics
 from .text import TextStream
 from .tokenizer import Tokenizer
@@ -95,6 +96,7 @@ def _prepare(
         top_p=1.0 if req.top_p is None else req.top_p,
         seed=seed % 2**63,
         eos_ids=frozenset(state.tokenizer.eos_ids),
+        top_logprobs=req.top_logprobs_wanted(),
     )
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     return _Prepared(prompt, params, stops, bool(req.stream), include_usage)
@@ -221,7 +223,8 @@ async def _serve(state: RouterState, prep: _Prepared, request: Request, *, chat:
     result = done
     if isinstance(result, Response):
         return result
-    content, finish, n_out = result
+    content, finish, n_out, outs = result
+    wanted = prep.params.top_logprobs is not None
     usage = oa.Usage(
         prompt_tokens=len(prep.prompt),
         completion_tokens=n_out,
@@ -235,7 +238,11 @@ async def _serve(state: RouterState, prep: _Prepared, request: Request, *, chat:
             created=created,
             model=state.model_name,
             choices=[
-                oa.ChatChoice(message=oa.AssistantMessage(content=content), finish_reason=finish)
+                oa.ChatChoice(
+                    message=oa.AssistantMessage(content=content),
+                    finish_reason=finish,
+                    logprobs=chat_logprobs(state.tokenizer, outs) if wanted else None,
+                )
             ],
             usage=usage,
         )
@@ -244,7 +251,13 @@ async def _serve(state: RouterState, prep: _Prepared, request: Request, *, chat:
             id=rid,
             created=created,
             model=state.model_name,
-            choices=[oa.TextChoice(text=content, finish_reason=finish)],
+            choices=[
+                oa.TextChoice(
+                    text=content,
+                    finish_reason=finish,
+                    logprobs=completion_logprobs(state.tokenizer, outs, 0)[0] if wanted else None,
+                )
+            ],
             usage=usage,
         )
     headers[CHAIN_HEADER] = ">".join(run.chain)  # after a failover: the chain that finished it
@@ -292,9 +305,10 @@ async def _disconnected(request: Request) -> None:
 
 async def _whole(
     state: RouterState, run: ChainRun, prep: _Prepared, t0: float
-) -> tuple[str, str, int] | Response:
+) -> tuple[str, str, int, list[StepToken]] | Response:
     text = TextStream(state.tokenizer, prep.stops)
     parts: list[str] = []
+    outs: list[StepToken] = []  # the tokens of the text (not the EOS), for logprobs
     finish, n_out, first_s = "length", 0, None
     try:
         async for out in generate(run, prep.prompt, prep.params, state.failover):
@@ -303,6 +317,7 @@ async def _whole(
             if out.token in prep.params.eos_ids:
                 finish = "stop"
                 break
+            outs.append(out)
             parts.append(text.add(out.token))
             if text.stopped:
                 finish = "stop"
@@ -313,7 +328,7 @@ async def _whole(
         run.close_soon()
     parts.append(text.finish())
     _observe(state, t0, first_s, n_out)
-    return "".join(parts), finish, n_out
+    return "".join(parts), finish, n_out, outs
 
 
 def _observe(state: RouterState, t0: float, first_s: float | None, n_out: int) -> None:
@@ -356,25 +371,36 @@ async def _sse(
     name = state.model_name
     role_due = chat  # the role goes on the first chunk sent
 
+    wanted = prep.params.top_logprobs is not None
+    pending: list[StepToken] = []  # tokens whose text goes out with the next chunk
+    offset = 0  # completions' text_offset of the next token
+
     def chunk(content: str | None, finish: str | None) -> bytes:
-        nonlocal role_due
+        nonlocal role_due, offset
+        outs, pending[:] = list(pending), []
         if chat:
             delta = oa.Delta(role="assistant" if role_due else None, content=content)
             role_due = False
+            logprobs = chat_logprobs(state.tokenizer, outs) if wanted and outs else None
             return _event(
                 oa.ChatCompletionChunk(
                     id=rid,
                     created=created,
                     model=name,
-                    choices=[oa.ChunkChoice(delta=delta, finish_reason=finish)],
+                    choices=[oa.ChunkChoice(delta=delta, finish_reason=finish, logprobs=logprobs)],
                 ).model_dump(exclude_none=False)
             )
+        text_logprobs = None
+        if wanted and outs:
+            text_logprobs, offset = completion_logprobs(state.tokenizer, outs, offset)
         return _event(
             oa.Completion(
                 id=rid,
                 created=created,
                 model=name,
-                choices=[oa.TextChoice(text=content or "", finish_reason=finish)],
+                choices=[
+                    oa.TextChoice(text=content or "", finish_reason=finish, logprobs=text_logprobs)
+                ],
             )
         )
 
@@ -387,6 +413,7 @@ async def _sse(
             if out.token in prep.params.eos_ids:
                 finish = "stop"
                 break
+            pending.append(out)
             delta = text.add(out.token)
             if delta:
                 yield chunk(delta, None)
