@@ -178,6 +178,17 @@ class _Generate(_In):
 
 
 class ChatCompletionRequest(_Generate):
+    # `top_logprobs` only with `logprobs: true` (the router refuses it otherwise, as OpenAI).
+    model_config = ConfigDict(
+        json_schema_extra={
+            "dependentSchemas": {
+                "top_logprobs": {
+                    "properties": {"logprobs": {"const": True}},
+                    "required": ["logprobs"],
+                }
+            }
+        }
+    )
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: Tokens | None = None
     logprobs: StrictBool | None = Field(default=None, description="the chosen tokens' logprobs")
