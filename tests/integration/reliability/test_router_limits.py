@@ -171,3 +171,24 @@ def test_an_idle_connection_is_closed_without_an_answer(router):
     with socket.create_connection(("127.0.0.1", router)) as sock:
         sock.settimeout(15)
         assert sock.recv(100) == b""  # closed by the head deadline, nothing sent
+
+
+def test_a_client_that_leaves_mid_stream_is_counted_as_499_not_200(router):
+    port = router
+    before = {s: _metric(port, s) for s in ("200", "499")}
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 60,  # about 1.2 s of steps: the client leaves long before the end
+        "stream": True,
+    }
+    headers = {"authorization": f"Bearer {KEY}"}
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    with httpx.stream("POST", url, json=body, headers=headers, timeout=30) as r:
+        assert r.status_code == 200
+        next(r.iter_lines())  # the first chunk, then hang up
+    deadline = time.monotonic() + 10
+    while _metric(port, "499") == before["499"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _metric(port, "499") - before["499"] == 1
+    assert _metric(port, "200") == before["200"]
