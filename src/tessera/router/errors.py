@@ -119,8 +119,10 @@ GENERATE_ERRORS: dict[int | str, dict[str, Any]] = {
     400: _error("Invalid request: the `param` field names the parameter"),
     401: _error("Missing or wrong API key (`invalid_api_key`)"),
     404: _error("Unknown model (`model_not_found`)"),
+    408: _error("The request line, headers or body did not arrive in time (`request_timeout`)"),
     413: _error("Request body too large"),
     415: _error("Content-Type is not application/json"),
+    431: _error("Request line and headers too large (`request_header_fields_too_large`)"),
     429: _error("No chain of stages has room: retry after `Retry-After` seconds"),
     503: _error("No complete chain of stages is up, or a failover found no replacement"),
 }
