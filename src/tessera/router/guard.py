@@ -53,7 +53,7 @@ class Guard:
         *,
         keys: ApiKeys | None,
         max_body_bytes: int,
-        body_timeout_s: float = 30.0,
+        body_timeout_s: float,
     ) -> None:
         self.app = app
         self.keys = keys
