@@ -18,6 +18,7 @@ class FakeTransport(asyncio.Transport):
         super().__init__()
         self.written = b""
         self.closed = False
+        self.eof = False
 
     def write(self, data: bytes) -> None:  # type: ignore[override]
         self.written += bytes(data)
@@ -27,6 +28,12 @@ class FakeTransport(asyncio.Transport):
 
     def is_closing(self) -> bool:
         return self.closed
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.eof = True
 
     def get_extra_info(self, name: str, default: object = None) -> object:
         return {"peername": ("127.0.0.1", 5000), "sockname": ("127.0.0.1", 8000)}.get(name, default)
@@ -56,20 +63,27 @@ def _answer(transport: FakeTransport) -> tuple[int, dict]:
     return int(head.split(b" ")[1]), json.loads(body)
 
 
-def test_an_oversized_head_is_431_as_soon_as_the_limit_is_passed():
+def test_an_oversized_head_is_431_as_soon_as_the_limit_is_passed_then_a_lingering_close():
     async def go():
         refused: list[int] = []
-        protocol, transport = _connect(HttpLimits(max_head_bytes=4096), refused)
+        limits = HttpLimits(max_head_bytes=4096, linger_s=0.1)
+        protocol, transport = _connect(limits, refused)
         protocol.data_received(b"POST /v1/completions HTTP/1.1\r\nhost: x\r\nx-pad: ")
         chunks = 0
-        while not transport.closed and chunks < 100:
+        while not transport.eof and chunks < 100:
             protocol.data_received(b"a" * 1024)
             chunks += 1
-        assert transport.closed and chunks <= 5  # cut right after 4 KiB, not at the end
+        assert transport.eof and chunks <= 5  # answered right after 4 KiB, not at the end
         status, body = _answer(transport)
         assert status == 431 and body["error"]["code"] == "request_header_fields_too_large"
         assert "4096" in body["error"]["message"]
         assert refused == [431]
+        answered = transport.written
+        for _ in range(100):  # the rest of the flood is dropped, not parsed or answered
+            protocol.data_received(b"a" * 65536)
+        assert transport.written == answered and not transport.closed
+        await asyncio.sleep(0.3)
+        assert transport.closed  # after the lingering time
         protocol.connection_lost(None)
 
     asyncio.run(go())
@@ -80,7 +94,7 @@ def test_a_long_request_line_is_431_too():
         refused: list[int] = []
         protocol, transport = _connect(HttpLimits(max_head_bytes=4096), refused)
         protocol.data_received(b"GET /v1/models?" + b"q" * 5000)
-        assert transport.closed and _answer(transport)[0] == 431 and refused == [431]
+        assert transport.eof and _answer(transport)[0] == 431 and refused == [431]
 
     asyncio.run(go())
 

@@ -14,6 +14,10 @@ uvicorn has no setting for two things, so this small subclass adds them:
 - uvicorn has no deadline for the head: its keep-alive timer stops at the first byte, so a client
   trickling a header a byte at a time held its connection for ever. Here the head must be
   complete within `header_timeout_s`, else 408 and close. (The body's deadline is the Guard's.)
+- a lingering close after a 431 or 400 (as nginx does): closing a socket with unread data sends
+  a reset, and a client still sending its huge head would see "connection reset", not the
+  answer. Here the answer is followed by a half-close, and whatever the client still sends is
+  dropped unparsed for at most `linger_s`, then the connection is closed.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ class HttpLimits:
     header_timeout_s: float = 10.0  # from the first byte of a head to its end; more: 408
     body_timeout_s: float = 30.0  # from the end of the head to the end of the body; more: 408
     keep_alive_s: int = 75  # an idle keep-alive connection is closed after this
+    linger_s: float = 2.0  # after a 431/400: drop what the client still sends, then close
 
 
 Refused = Callable[[int], None]  # told the status of every request refused below the app
@@ -95,6 +100,7 @@ def protocol_class(limits: HttpLimits, refused: Refused) -> type[asyncio.Protoco
             self.conn = self._conn
             self._head_timer: asyncio.TimerHandle | None = None
             self._head_bytes = 0
+            self._lingering: asyncio.TimerHandle | None = None
 
         @property
         def _max_head_bytes(self) -> int:  # uvicorn's knob, set from `limits` below
@@ -106,9 +112,13 @@ def protocol_class(limits: HttpLimits, refused: Refused) -> type[asyncio.Protoco
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
+            if self._lingering is not None:
+                self._lingering.cancel()
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
+            if self._lingering is not None:
+                return  # refused already: dropped, neither parsed nor kept
             if self._head_timer is None and (self.cycle is None or self.cycle.response_complete):
                 self._arm()  # the first bytes of the next request on a kept-alive connection
             self._head_bytes += len(data)
@@ -133,7 +143,9 @@ def protocol_class(limits: HttpLimits, refused: Refused) -> type[asyncio.Protoco
                 status = 400
             refused(status)
             self.transport.write(refusal)
-            self.transport.close()
+            if self.transport.can_write_eof():
+                self.transport.write_eof()  # the answer is complete; the client may still send
+            self._lingering = self.loop.call_later(limits.linger_s, self.transport.close)
 
         def _arm(self) -> None:
             self._head_bytes = 0

@@ -26,7 +26,9 @@ from tests.unit.router_fakes import MODEL, fake_pool, router_app  # noqa: E402
 from tessera.router.http_limits import HttpLimits, uvicorn_settings  # noqa: E402
 
 KEY = "sk-limits"
-LIMITS = HttpLimits(max_head_bytes=64 * 1024, header_timeout_s=1.0, body_timeout_s=1.0)
+LIMITS = HttpLimits(
+    max_head_bytes=64 * 1024, header_timeout_s=1.0, body_timeout_s=1.0, linger_s=20.0
+)
 MIB = 1 << 20
 
 
@@ -75,20 +77,21 @@ def _status_line(sock: socket.socket) -> tuple[int, bytes]:
     return int(match.group(1)), data
 
 
-def _flood(port: int, size_bytes: int, results: list[tuple[int, bytes]]) -> None:
-    """A request whose one header is `size_bytes` long, sent as fast as the server takes it."""
+def _flood(port: int, size_bytes: int, results: list[tuple[int, bytes, bool]]) -> None:
+    """A request whose one header is `size_bytes` long, sent as fast as the server takes it,
+    then its answer; and whether the sending was cut off by a reset."""
     sock = socket.create_connection(("127.0.0.1", port))
     try:
         sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nx-pad: ")
         block = b"a" * MIB
-        sent = 0
+        sent, reset = 0, False
         try:
             while sent < size_bytes:
                 sock.sendall(block)
                 sent += len(block)
         except (BrokenPipeError, ConnectionResetError):
-            pass  # the server stopped reading: its answer is already on the way
-        results.append(_status_line(sock))
+            reset = True
+        results.append((*_status_line(sock), reset))
     finally:
         sock.close()
 
@@ -103,7 +106,7 @@ def test_a_header_flood_gets_431_while_another_client_is_served(router):
     port = router
     before_431 = _metric(port, "431")
     rss_before_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    floods: list[tuple[int, bytes]] = []
+    floods: list[tuple[int, bytes, bool]] = []
     threads = [
         threading.Thread(target=_flood, args=(port, size * MIB, floods))
         for size in (48, 52, 60, 64)
@@ -130,8 +133,9 @@ def test_a_header_flood_gets_431_while_another_client_is_served(router):
         assert not t.is_alive()
 
     assert len(floods) == 4
-    for status, answer in floods:
+    for status, answer, reset in floods:
         assert status == 431, answer[:300]
+        assert not reset  # the lingering close let the client send it all, then read the 431
         error = json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]
         assert error["code"] == "request_header_fields_too_large" and "65536" in error["message"]
     assert served and {r.status_code for r in served} == {200}
