@@ -85,7 +85,11 @@ class FakeStage:
         seed = sampling.seed if sampling.temperature > 0 else 0  # type: ignore[attr-defined]
         digest = hashlib.sha256(f"{seed}:{seen}".encode()).digest()
         token = 300 + int.from_bytes(digest[:4], "little") % 20000
-        return wire.StepToken(token=token, logprob=-1.0, position=len(seen))
+        k = getattr(sampling, "top_logprobs", 0)  # the chosen token first, then made-up ones
+        top = [wire.TokenLogprob(token=token + i, logprob=-1.0 - i) for i in range(k)]
+        return wire.StepToken(
+            token=token, logprob=-1.0, position=len(seen), top_logprobs=top if k else None
+        )
 
     async def close(self, session_id: str) -> None:
         self._alive()

@@ -40,7 +40,7 @@ def test_greedy_split_equals_transformers_generate(reference, cuts):
         for s, c in zip(stages, caches, strict=True):
             h = s.forward(h, c, pos)
         pos += x.shape[1]
-        token, _ = sample(h, Sampling(), pos)
+        token = sample(h, Sampling(), pos).token
         got.append(token)
         x = torch.tensor([[token]])
     assert got == expected

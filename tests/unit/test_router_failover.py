@@ -132,7 +132,10 @@ def test_non_streaming_gets_503_with_an_openai_body_when_failover_is_impossible(
     with TestClient(router_app(stages, smollm2_dir(), failover_timeout_s=0.3)) as c:
         r = c.post(
             "/v1/chat/completions",
-            json={**_body(False), "prompt": None, "messages": [{"role": "user", "content": "hi"}]},
+            json={
+                **{k: v for k, v in _body(False).items() if k != "prompt"},  # chat has no prompt
+                "messages": [{"role": "user", "content": "hi"}],
+            },
         )
     assert r.status_code == 503, r.text
     assert r.json()["error"]["code"] == "no_chain"

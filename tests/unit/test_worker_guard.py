@@ -86,6 +86,9 @@ def test_malformed_tensors_are_400_and_harm_no_session(whole):
         dict(content=raw, headers={"x-dtype": "int64", "x-shape": "1,2", "x-position": "-1"}),
         dict(content=raw, headers={"x-dtype": "int64", "x-shape": "1,2", "x-seed": "x"}),
         dict(content=raw, headers={"x-dtype": "int64", "x-shape": "1,2", "x-temperature": "nan"}),
+        dict(content=raw, headers={"x-dtype": "int64", "x-shape": "1,2", "x-top-p": "0"}),
+        dict(content=raw, headers={"x-dtype": "int64", "x-shape": "1,2", "x-top-p": "-0.5"}),
+        dict(content=raw, headers={"x-dtype": "int64", "x-shape": "1,2", "x-top-logprobs": "99"}),
     ]
 
     def attack(_i):

@@ -205,6 +205,40 @@ def test_one_message_carries_many_sessions_and_each_gets_its_own_result(first, l
         last.post(f"/v1/sessions/{sid}/close")
 
 
+def test_out_of_range_sampling_is_a_400_naming_it_and_top_logprobs_come_back(first, last):
+    assert open_(first, "samp", 0, 4).status_code == 200
+    assert open_(last, "samp", 4, 8).status_code == 200
+    status, hidden = _steps(first, [("samp", [5, 17, 42], 0, {})])
+    r, data = hidden[0]
+    x = (data, r.dtype, r.shape)
+    bad = [
+        {"top_p": 0.0},
+        {"top_p": 1.5},
+        {"temperature": -1.0},
+        {"top_logprobs": 21},
+    ]
+    status, out = _steps(last, [("samp", x, 0, extra) for extra in bad])
+    assert status == 200 and [o.status for o, _ in out] == [400] * len(bad)
+    for (o, _), name in zip(out, ["top-p", "top-p", "temperature", "logprobs"], strict=True):
+        assert name in o.error.message and o.error.code == "invalid_request"
+    # The single-step route: a 400 too, not a 500 with a traceback.
+    r = last.post(
+        "/v1/sessions/samp/step",
+        content=data,
+        headers={"x-dtype": r.dtype, "x-shape": r.shape, "x-top-p": "0"},
+    )
+    assert r.status_code == 400 and "x-top-p" in r.json()["error"]["message"]
+    status, out = _steps(last, [("samp", x, 0, {"top_logprobs": 3}), ("samp", x, 0, {})])
+    with_top, without = out[0][0].token, out[1][0].token
+    assert without.top_logprobs is None and len(with_top.top_logprobs) == 3
+    assert with_top.top_logprobs[0].token == with_top.token  # greedy: the most likely
+    assert with_top.top_logprobs[0].logprob == with_top.logprob == without.logprob
+    logprobs = [t.logprob for t in with_top.top_logprobs]
+    assert logprobs == sorted(logprobs, reverse=True)
+    first.post("/v1/sessions/samp/close")
+    last.post("/v1/sessions/samp/close")
+
+
 def test_a_broken_message_is_a_400_naming_the_body(first):
     r = first.post("/v1/steps", content=b"\x10\x00")
     assert r.status_code == 400 and "body" in r.json()["error"]["message"]

@@ -79,16 +79,27 @@ def test_idle_sessions_expire_and_use_refreshes():
 def test_sampling_is_a_function_of_seed_and_position():
     logits = torch.randn(1, 50, generator=torch.Generator().manual_seed(0))
     s = Sampling(temperature=1.0, top_p=0.9, seed=42)
-    draws = [sample(logits, s, p)[0] for p in range(40)]
-    assert draws == [sample(logits, s, p)[0] for p in range(40)]  # replay: same tokens
+    draws = [sample(logits, s, p).token for p in range(40)]
+    assert draws == [sample(logits, s, p).token for p in range(40)]  # replay: same tokens
     assert len(set(draws)) > 1  # but positions differ
-    other = [sample(logits, Sampling(1.0, 0.9, 43), p)[0] for p in range(40)]
+    other = [sample(logits, Sampling(1.0, 0.9, 43), p).token for p in range(40)]
     assert other != draws
 
 
 def test_greedy_and_tiny_top_p_pick_the_argmax_with_its_logprob():
     logits = torch.tensor([[0.1, 3.0, 0.2, -1.0]])
-    token, logprob = sample(logits, Sampling(), 7)
-    assert token == 1
-    assert logprob == pytest.approx(torch.log_softmax(logits[0], -1)[1].item())
-    assert all(sample(logits, Sampling(1.0, 0.01, s), 3)[0] == 1 for s in range(20))
+    got = sample(logits, Sampling(), 7)
+    assert got.token == 1 and got.top == ()
+    assert got.logprob == pytest.approx(torch.log_softmax(logits[0], -1)[1].item())
+    assert all(sample(logits, Sampling(1.0, 0.01, s), 3).token == 1 for s in range(20))
+
+
+def test_top_logprobs_list_the_most_likely_tokens_whatever_token_was_drawn():
+    logits = torch.tensor([[0.1, 3.0, 0.2, -1.0, 2.0]])
+    expected = torch.log_softmax(logits[0], -1)
+    for sampling in (Sampling(top_logprobs=3), Sampling(1.0, 1.0, 5, top_logprobs=3)):
+        got = sample(logits, sampling, 2)
+        assert [t for t, _ in got.top] == [1, 4, 2]
+        assert [lp for _, lp in got.top] == pytest.approx([expected[i].item() for i in (1, 4, 2)])
+        assert got.logprob == pytest.approx(expected[got.token].item())
+    assert len(sample(logits, Sampling(top_logprobs=20), 0).top) == 5  # at most the vocabulary

@@ -8,8 +8,9 @@ Routes on a worker (all under one port):
   headers `x-dtype` (int64 for token ids, float32/bfloat16/float16 for hidden states),
   `x-shape` (comma-separated, `1,T` or `1,T,H`) and `x-position` (position of the first input
   token; at most the session's current length: a smaller one rewinds the KV cache, which makes a
-  retried or replayed step idempotent). The last stage also reads `x-temperature`, `x-top-p`
-  and `x-seed`. The answer is a raw tensor with the same `x-dtype`/`x-shape` headers, or, from
+  retried or replayed step idempotent). The last stage also reads `x-temperature` (0 to 100;
+  0 is greedy), `x-top-p` (above 0, at most 1), `x-seed` and `x-top-logprobs` (0 to 20: the
+  answer's token lists that many most likely tokens with their logprobs); out of range: 400. The answer is a raw tensor with the same `x-dtype`/`x-shape` headers, or, from
   the stage that ends at the last block, JSON `StepToken`.
   Step answers carry `x-compute-s` (the step's compute time, for hop-overhead accounting).
   404 unknown session, 409 position ahead of the session, 400 malformed tensor.
@@ -39,6 +40,8 @@ HEADER_POSITION = "x-position"
 HEADER_TEMPERATURE = "x-temperature"
 HEADER_TOP_P = "x-top-p"
 HEADER_SEED = "x-seed"
+HEADER_TOP_LOGPROBS = "x-top-logprobs"
+MAX_TOP_LOGPROBS = 20  # alternatives a step's token may list
 HEADER_COMPUTE_S = "x-compute-s"  # in step answers: the stage's compute seconds for the step
 HEADER_AUTHORIZATION = "authorization"  # `Bearer <deployment token>` on every call but probes
 TENSOR_MEDIA_TYPE = "application/octet-stream"
@@ -77,10 +80,16 @@ class SessionClosed(_Wire):
     closed: bool  # False when the session was unknown (already closed or expired)
 
 
+class TokenLogprob(_Wire):
+    token: int
+    logprob: float  # under the model's distribution (before temperature and top-p)
+
+
 class StepToken(_Wire):
     token: int
-    logprob: float
+    logprob: float  # of `token`, under the model's distribution
     position: int  # position of the sampled token
+    top_logprobs: list[TokenLogprob] | None = None  # the most likely tokens, when asked for
 
 
 class StageErrorBody(_Wire):
@@ -123,6 +132,7 @@ class StepIn(_Wire):
     temperature: float | None = None  # sampling: read by the stage that ends at the last block
     top_p: float | None = None
     seed: int | None = None
+    top_logprobs: int | None = None  # the last stage lists this many most likely tokens
 
 
 class StepBatch(_Wire):

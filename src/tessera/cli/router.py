@@ -76,6 +76,32 @@ def add_parser(sub: Any) -> None:
         help="check the plan, problem and endpoints files every S seconds and switch new "
         "requests to a changed, valid set without a restart; 0: never (default 2)",
     )
+    p.add_argument(
+        "--max-header-bytes",
+        type=int,
+        default=64 * 1024,
+        help="the request line plus headers may be at most N bytes; more: 431 and the "
+        "connection is closed before anything else is read (default 65536)",
+    )
+    p.add_argument(
+        "--header-timeout-s",
+        type=float,
+        default=10.0,
+        help="a request line and headers not complete S seconds after their first byte: "
+        "408 and close (default 10)",
+    )
+    p.add_argument(
+        "--body-timeout-s",
+        type=float,
+        default=30.0,
+        help="a request body not complete S seconds after its headers: 408 (default 30)",
+    )
+    p.add_argument(
+        "--keep-alive-s",
+        type=int,
+        default=75,
+        help="close a kept-alive connection idle for S seconds (default 75)",
+    )
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=run)
 
@@ -95,6 +121,7 @@ def read_token(path: str | None, flag: str) -> str | None:
 
 def load_config(args: argparse.Namespace) -> Any:
     from tessera.router.app import RouterConfig
+    from tessera.router.http_limits import HttpLimits
     from tessera.router.reload import PlanFiles, parse_plan_set
     from tessera.router.tokenizer import load_tokenizer
 
@@ -104,7 +131,9 @@ def load_config(args: argparse.Namespace) -> Any:
     for flag in ("max_wait_s", "down_s", "reload_interval_s"):
         if getattr(args, flag) < 0:
             raise InvalidInput(f"--{flag.replace('_', '-')}", "must not be negative")
-    for flag in ("step_timeout_s", "failover_timeout_s", "max_queue"):
+    positive = ("step_timeout_s", "failover_timeout_s", "max_queue", "max_header_bytes")
+    timeouts = ("header_timeout_s", "body_timeout_s", "keep_alive_s")
+    for flag in positive + timeouts:
         if getattr(args, flag) <= 0:
             raise InvalidInput(f"--{flag.replace('_', '-')}", "must be positive")
     keys = pathlib.Path(args.api_keys_file) if args.api_keys_file else None
@@ -129,22 +158,18 @@ def load_config(args: argparse.Namespace) -> Any:
         worker_token=read_token(args.worker_token_file, "--worker-token-file"),
         plan_files=files if args.reload_interval_s > 0 else None,
         reload_interval_s=args.reload_interval_s or 2.0,
+        http_limits=HttpLimits(
+            max_head_bytes=args.max_header_bytes,
+            header_timeout_s=args.header_timeout_s,
+            body_timeout_s=args.body_timeout_s,
+            keep_alive_s=args.keep_alive_s,
+        ),
     )
 
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
-    import uvicorn
+    from tessera.router.app import serve
 
-    from tessera.router.app import build_app
-
-    config = load_config(args)
-    uvicorn.run(
-        build_app(config),
-        host=args.host,
-        port=args.port,
-        log_level="warning",
-        access_log=False,
-        timeout_keep_alive=75,
-    )
+    serve(load_config(args), host=args.host, port=args.port)
     return 0

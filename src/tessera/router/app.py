@@ -20,9 +20,10 @@ from tessera.placement import Plan, Problem
 
 from .auth import ApiKeys
 from .chains import LiveChains
-from .errors import HEALTH_RESPONSES, error_body, openapi_schema
+from .errors import HEALTH_RESPONSES, error_body, openapi_schema, validation_error
 from .failover import FailoverPolicy
-from .guard import Guard
+from .guard import CountOutcomes, Guard
+from .http_limits import HttpLimits, uvicorn_settings
 from .metrics import RouterMetrics
 from .openai_routes import RouterState, build_routes
 from .reload import PlanFiles, PlanReloader, PlanSet
@@ -49,6 +50,7 @@ class RouterConfig:
     api_keys_file: pathlib.Path | None = None  # None: open (local development)
     worker_token: str | None = None  # sent to every worker (`Authorization: Bearer`)
     max_body_bytes: int = 4 << 20
+    http_limits: HttpLimits = HttpLimits()  # request head size, head and body deadlines
     stage_clients: Mapping[str, StageClient] | None = None  # tests: in-process stand-ins
     plan_files: PlanFiles | None = None  # where plan, problem, endpoints came from: re-read
     reload_interval_s: float = 2.0  # how often `plan_files` are checked for a change
@@ -81,7 +83,7 @@ def build_app(config: RouterConfig) -> FastAPI:
         model_name=config.model_name,
         tokenizer=config.tokenizer,
         chains=chains,
-        metrics=RouterMetrics(),
+        metrics=RouterMetrics(config.model_name),
         max_input_tokens=w.max_input_tokens,
         max_output_tokens=w.max_output_tokens,
         max_wait_s=config.max_wait_s,
@@ -124,7 +126,13 @@ def build_app(config: RouterConfig) -> FastAPI:
     app = FastAPI(title="tessera router", lifespan=lifespan)
     app.state.tessera = state
     app.state.tessera_reloader = reloader
-    app.add_middleware(Guard, keys=keys, max_body_bytes=config.max_body_bytes)
+    app.add_middleware(
+        Guard,
+        keys=keys,
+        max_body_bytes=config.max_body_bytes,
+        body_timeout_s=config.http_limits.body_timeout_s,
+    )
+    app.add_middleware(CountOutcomes, count=state.metrics.count)  # outside the Guard: sees all
     app.openapi = lambda: openapi_schema(  # type: ignore[method-assign]
         app,
         secured=keys is not None,
@@ -145,16 +153,7 @@ def build_app(config: RouterConfig) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-        # Drop pydantic's union-branch labels (e.g. "str", "list[TextPart]") from the path.
-        param = ".".join(p for p in loc if not _union_label(p))
-        if first.get("type") == "json_invalid":
-            return error_body(
-                400, "the body is not valid JSON", "invalid_request_error", None, "invalid_json"
-            )
-        message = f"{param or 'body'}: {first.get('msg', 'invalid value')}"
-        return error_body(400, message, "invalid_request_error", param or None, "invalid_value")
+        return validation_error(list(exc.errors()))
 
     app.include_router(build_routes(state))
 
@@ -185,10 +184,16 @@ def build_app(config: RouterConfig) -> FastAPI:
     return app
 
 
-def _union_label(part: str) -> bool:
-    """pydantic's names of union branches in an error location (not parameter names)."""
-    return (
-        any(ch in part for ch in "[]")
-        or part in ("str", "int", "float", "bool")
-        or (part.startswith(("constrained-", "function-", "literal")))
+def serve(config: RouterConfig, *, host: str, port: int) -> None:
+    """Run the router with uvicorn, its HTTP limits applied below the app (`http_limits`)."""
+    import uvicorn
+
+    app = build_app(config)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        **uvicorn_settings(config.http_limits, app.state.tessera.metrics.count_status),
     )

@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 
-from tessera.api.openai import ErrorDetail, ErrorResponse
+from tessera.api.openai import UNSUPPORTED, ErrorDetail, ErrorResponse
 from tessera.errors import Busy, InvalidInput, NotFound, TesseraError, Unavailable
 
 
@@ -26,6 +26,59 @@ def error_body(
 ) -> JSONResponse:
     body = ErrorResponse(error=ErrorDetail(message=message, type=kind, param=param, code=code))
     return JSONResponse(body.model_dump(), status_code=status)
+
+
+def validation_error(errors: list[Any]) -> JSONResponse:
+    """A 400 for pydantic's errors about a request body: one message naming the parameter."""
+    if not errors:
+        return error_body(400, "invalid request", "invalid_request_error", None, "invalid_value")
+    first = _most_telling(errors)
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    # Drop pydantic's union-branch labels (e.g. "str", "list[TextPart]") from the path.
+    param = ".".join(p for p in loc if not _union_label(p)) or None
+    kind = first.get("type", "")
+    if kind == "json_invalid":
+        return error_body(
+            400, "the body is not valid JSON", "invalid_request_error", None, "invalid_json"
+        )
+    if kind == "extra_forbidden":
+        message = f"Unrecognized request argument supplied: {param}"
+        return error_body(400, message, "invalid_request_error", param, UNSUPPORTED)
+    if kind == UNSUPPORTED:
+        message = f"{param}: {first.get('msg')}"
+        return error_body(400, message, "invalid_request_error", param, UNSUPPORTED)
+    ctx = first.get("ctx") or {}
+    if kind == "too_long" and "max_length" in ctx:
+        detail = f"at most {ctx['max_length']} items are allowed, not {ctx.get('actual_length')}"
+    else:
+        detail = first.get("msg", "invalid value")
+    return error_body(
+        400, f"{param or 'body'}: {detail}", "invalid_request_error", param, "invalid_value"
+    )
+
+
+def _most_telling(errors: list[Any]) -> Any:
+    """The error to report. For a value that matches no branch of a union (say `stop`, a string
+    or a list of at most 4), pydantic reports every branch; a branch whose type matched says
+    what is wrong (the list is too long), the others only that the type is not theirs."""
+    first = errors[0]
+    base = [p for p in first.get("loc", ()) if not _union_label(str(p))]
+    same = [
+        e
+        for e in errors
+        if [p for p in e.get("loc", ()) if not _union_label(str(p))][: len(base)] == base
+    ]
+    telling = [e for e in same if not str(e.get("type", "")).endswith("_type")]
+    return telling[0] if telling else first
+
+
+def _union_label(part: str) -> bool:
+    """pydantic's names of union branches in an error location (not parameter names)."""
+    return (
+        any(ch in part for ch in "[]")
+        or part in ("str", "int", "float", "bool", "none")
+        or (part.startswith(("constrained-", "function-", "literal")))
+    )
 
 
 def error_response(exc: TesseraError) -> JSONResponse:
@@ -66,8 +119,10 @@ GENERATE_ERRORS: dict[int | str, dict[str, Any]] = {
     400: _error("Invalid request: the `param` field names the parameter"),
     401: _error("Missing or wrong API key (`invalid_api_key`)"),
     404: _error("Unknown model (`model_not_found`)"),
+    408: _error("The request line, headers or body did not arrive in time (`request_timeout`)"),
     413: _error("Request body too large"),
     415: _error("Content-Type is not application/json"),
+    431: _error("Request line and headers too large (`request_header_fields_too_large`)"),
     429: _error("No chain of stages has room: retry after `Retry-After` seconds"),
     503: _error("No complete chain of stages is up, or a failover found no replacement"),
 }

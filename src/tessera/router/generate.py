@@ -36,6 +36,7 @@ class GenerationParams:
     top_p: float
     seed: int
     eos_ids: frozenset[int]
+    top_logprobs: int | None = None  # None: no logprobs; else alternatives per token (0..20)
 
 
 def retry_after_s(
@@ -83,7 +84,9 @@ async def reserve(
     """
     deadline = time.monotonic() + max_wait_s
     request_id = f"req-{uuid.uuid4().hex[:20]}"
-    sampling = StepSampling(params.temperature, params.top_p, params.seed)
+    sampling = StepSampling(
+        params.temperature, params.top_p, params.seed, top_logprobs=params.top_logprobs or 0
+    )
     wait_s: float | None = None  # WS-RR's wait of the best chain, when it knows one
     queued = False
     attempt = 0  # each attempt opens sessions under its own id (a late close cannot hit them)

@@ -9,11 +9,13 @@ _HOP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
 
 
 class RouterMetrics:
-    def __init__(self) -> None:
+    def __init__(self, model: str = "") -> None:
         r = self.registry = CollectorRegistry()
+        self.model = model
         self.requests = Counter(
             "tessera_requests_total",
-            "Requests by model and HTTP status",
+            "Requests under /v1/ by model and outcome: the HTTP status, or 499 when the client "
+            "left before the whole answer",
             ["model", "status"],
             registry=r,
         )
@@ -51,3 +53,10 @@ class RouterMetrics:
             buckets=_HOP_BUCKETS,
             registry=r,
         )
+
+    def count(self, outcome: str) -> None:
+        """One request's outcome (every request under /v1/ is counted once)."""
+        self.requests.labels(self.model, outcome).inc()
+
+    def count_status(self, status: int) -> None:
+        self.count(str(status))

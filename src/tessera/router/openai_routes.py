@@ -30,6 +30,8 @@ from .chains import LiveChains
 from .errors import GENERATE_ERRORS, ModelNotFound, PromptTooLong, error_event, error_response
 from .failover import FailoverPolicy
 from .generate import ChainRun, GenerationParams, generate, reserve
+from .guard import CLIENT_GONE, OUTCOME_KEY
+from .logprobs import chat_logprobs, completion_logprobs
 from .metrics import RouterMetrics
 from .text import TextStream
 from .tokenizer import Tokenizer
@@ -71,11 +73,7 @@ def _prepare(
         raise ModelNotFound(
             f"The model {req.model!r} does not exist; this endpoint serves {state.model_name!r}"
         )
-    if req.n not in (None, 1):
-        raise InvalidInput("n", "only n=1 is supported: send separate requests for more choices")
-    stops = req.stop_list()
-    if len(stops) > oa.MAX_STOP_SEQUENCES:
-        raise InvalidInput("stop", f"at most {oa.MAX_STOP_SEQUENCES} stop sequences")
+    stops = req.stop_list()  # at most MAX_STOP_SEQUENCES (checked by the request model)
     if not prompt:
         raise InvalidInput(prompt_param, "the prompt is empty")
     if len(prompt) > state.max_input_tokens:
@@ -98,6 +96,7 @@ def _prepare(
         top_p=1.0 if req.top_p is None else req.top_p,
         seed=seed % 2**63,
         eos_ids=frozenset(state.tokenizer.eos_ids),
+        top_logprobs=req.top_logprobs_wanted(),
     )
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     return _Prepared(prompt, params, stops, bool(req.stream), include_usage)
@@ -117,7 +116,9 @@ def build_routes(state: RouterState) -> APIRouter:
     @api.post("/v1/chat/completions", responses={200: _ok(oa.ChatCompletion), **GENERATE_ERRORS})
     async def chat(req: oa.ChatCompletionRequest, request: Request) -> Response:
         try:
-            messages = [{"role": msg.role, "content": msg.text()} for msg in req.messages]
+            if req.top_logprobs is not None and not req.logprobs:
+                raise InvalidInput("top_logprobs", "top_logprobs needs logprobs: true")
+            messages = [msg.template_fields() for msg in req.messages]
             prompt = state.tokenizer.chat(messages)
             prep = _prepare(
                 state, req, prompt, "messages", req.max_completion_tokens or req.max_tokens
@@ -137,8 +138,6 @@ def build_routes(state: RouterState) -> APIRouter:
                 prompt = [int(t) for t in req.prompt]
             else:
                 prompt = state.tokenizer.encode(req.prompt)
-            if req.echo:
-                raise InvalidInput("echo", "echo is not supported")
             prep = _prepare(state, req, prompt, "prompt", req.max_tokens)
         except TesseraError as exc:
             return _fail(state, exc)
@@ -148,9 +147,7 @@ def build_routes(state: RouterState) -> APIRouter:
 
 
 def _fail(state: RouterState, exc: TesseraError) -> Response:
-    response = error_response(exc)
-    state.metrics.requests.labels(state.model_name, str(response.status_code)).inc()
-    return response
+    return error_response(exc)  # counted with every other outcome by `guard.CountOutcomes`
 
 
 def _ok(model: type[Any]) -> dict[str, Any]:
@@ -210,7 +207,8 @@ async def _serve(state: RouterState, prep: _Prepared, request: Request, *, chat:
                     return _fail(state, first)
                 raise first
             headers[CHAIN_HEADER] = ">".join(run.chain)  # a failover in the prefill moved it
-            body = _sse(state, run, prep, rid, chat, t0, first, tokens)
+            outcome = request.scope.setdefault("state", {})  # where a stream's error is told
+            body = _sse(state, run, prep, rid, chat, t0, first, tokens, outcome)
             return StreamingResponse(body, media_type="text/event-stream", headers=headers)
         try:
             done = await _unless_gone(gone, _whole(state, run, prep, t0))
@@ -225,7 +223,8 @@ async def _serve(state: RouterState, prep: _Prepared, request: Request, *, chat:
     result = done
     if isinstance(result, Response):
         return result
-    content, finish, n_out = result
+    content, finish, n_out, outs = result
+    wanted = prep.params.top_logprobs is not None
     usage = oa.Usage(
         prompt_tokens=len(prep.prompt),
         completion_tokens=n_out,
@@ -239,7 +238,11 @@ async def _serve(state: RouterState, prep: _Prepared, request: Request, *, chat:
             created=created,
             model=state.model_name,
             choices=[
-                oa.ChatChoice(message=oa.AssistantMessage(content=content), finish_reason=finish)
+                oa.ChatChoice(
+                    message=oa.AssistantMessage(content=content),
+                    finish_reason=finish,
+                    logprobs=chat_logprobs(state.tokenizer, outs) if wanted else None,
+                )
             ],
             usage=usage,
         )
@@ -248,7 +251,13 @@ async def _serve(state: RouterState, prep: _Prepared, request: Request, *, chat:
             id=rid,
             created=created,
             model=state.model_name,
-            choices=[oa.TextChoice(text=content, finish_reason=finish)],
+            choices=[
+                oa.TextChoice(
+                    text=content,
+                    finish_reason=finish,
+                    logprobs=completion_logprobs(state.tokenizer, outs, 0)[0] if wanted else None,
+                )
+            ],
             usage=usage,
         )
     headers[CHAIN_HEADER] = ">".join(run.chain)  # after a failover: the chain that finished it
@@ -285,8 +294,7 @@ async def _unless_gone(gone: asyncio.Future[None], coro: Any) -> Any:
 
 
 def _client_gone(state: RouterState) -> Response:
-    state.metrics.requests.labels(state.model_name, "499").inc()
-    return Response(status_code=499)  # nobody reads it: the client has gone
+    return Response(status_code=int(CLIENT_GONE))  # nobody reads it: the client has gone
 
 
 async def _disconnected(request: Request) -> None:
@@ -297,9 +305,10 @@ async def _disconnected(request: Request) -> None:
 
 async def _whole(
     state: RouterState, run: ChainRun, prep: _Prepared, t0: float
-) -> tuple[str, str, int] | Response:
+) -> tuple[str, str, int, list[StepToken]] | Response:
     text = TextStream(state.tokenizer, prep.stops)
     parts: list[str] = []
+    outs: list[StepToken] = []  # the tokens of the text (not the EOS), for logprobs
     finish, n_out, first_s = "length", 0, None
     try:
         async for out in generate(run, prep.prompt, prep.params, state.failover):
@@ -308,6 +317,7 @@ async def _whole(
             if out.token in prep.params.eos_ids:
                 finish = "stop"
                 break
+            outs.append(out)
             parts.append(text.add(out.token))
             if text.stopped:
                 finish = "stop"
@@ -317,14 +327,13 @@ async def _whole(
     finally:
         run.close_soon()
     parts.append(text.finish())
-    _observe(state, t0, first_s, n_out, "200")
-    return "".join(parts), finish, n_out
+    _observe(state, t0, first_s, n_out)
+    return "".join(parts), finish, n_out, outs
 
 
-def _observe(state: RouterState, t0: float, first_s: float | None, n_out: int, status: str) -> None:
+def _observe(state: RouterState, t0: float, first_s: float | None, n_out: int) -> None:
     m = state.metrics
     total = time.perf_counter() - t0
-    m.requests.labels(state.model_name, status).inc()
     m.latency.observe(total)
     if first_s is not None:
         m.ttft.observe(first_s)
@@ -356,35 +365,47 @@ async def _sse(
     t0: float,
     first: _First,
     rest: AsyncGenerator[StepToken, None],
+    outcome: dict[str, Any],
 ) -> AsyncIterator[bytes]:
     created = int(time.time())
     name = state.model_name
     role_due = chat  # the role goes on the first chunk sent
 
+    wanted = prep.params.top_logprobs is not None
+    pending: list[StepToken] = []  # tokens whose text goes out with the next chunk
+    offset = 0  # completions' text_offset of the next token
+
     def chunk(content: str | None, finish: str | None) -> bytes:
-        nonlocal role_due
+        nonlocal role_due, offset
+        outs, pending[:] = list(pending), []
         if chat:
             delta = oa.Delta(role="assistant" if role_due else None, content=content)
             role_due = False
+            logprobs = chat_logprobs(state.tokenizer, outs) if wanted and outs else None
             return _event(
                 oa.ChatCompletionChunk(
                     id=rid,
                     created=created,
                     model=name,
-                    choices=[oa.ChunkChoice(delta=delta, finish_reason=finish)],
+                    choices=[oa.ChunkChoice(delta=delta, finish_reason=finish, logprobs=logprobs)],
                 ).model_dump(exclude_none=False)
             )
+        text_logprobs = None
+        if wanted and outs:
+            text_logprobs, offset = completion_logprobs(state.tokenizer, outs, offset)
         return _event(
             oa.Completion(
                 id=rid,
                 created=created,
                 model=name,
-                choices=[oa.TextChoice(text=content or "", finish_reason=finish)],
+                choices=[
+                    oa.TextChoice(text=content or "", finish_reason=finish, logprobs=text_logprobs)
+                ],
             )
         )
 
     text = TextStream(state.tokenizer, prep.stops)
-    finish, n_out, status = "length", 0, "200"
+    finish, n_out = "length", 0
     first_s = first.after_s if first.token is not None else None
     try:
         async for out in _then(first.token, rest):
@@ -392,6 +413,7 @@ async def _sse(
             if out.token in prep.params.eos_ids:
                 finish = "stop"
                 break
+            pending.append(out)
             delta = text.add(out.token)
             if delta:
                 yield chunk(delta, None)
@@ -419,10 +441,10 @@ async def _sse(
                     oa.Completion(id=rid, created=created, model=name, choices=[], usage=usage)
                 )
     except TesseraError as exc:  # failover gave up: an OpenAI error event, then [DONE]
-        status = str(error_response(exc).status_code)
+        outcome[OUTCOME_KEY] = str(error_response(exc).status_code)
         yield b"data: " + json.dumps(error_event(exc)).encode() + b"\n\n"
     finally:
         run.close_soon()
-        _observe(state, t0, first_s, n_out, status)
+        _observe(state, t0, first_s, n_out)
         await rest.aclose()
     yield b"data: [DONE]\n\n"

@@ -53,6 +53,7 @@ class StepSampling:
     temperature: float
     top_p: float
     seed: int
+    top_logprobs: int = 0  # the last stage also lists this many most likely tokens
 
 
 @dataclass(frozen=True)
@@ -166,6 +167,7 @@ class StageClient:
             temperature=sampling.temperature if sampling else None,
             top_p=sampling.top_p if sampling else None,
             seed=sampling.seed if sampling else None,
+            top_logprobs=(sampling.top_logprobs or None) if sampling else None,
         )
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Tensor | wire.StepToken] = loop.create_future()

@@ -19,6 +19,7 @@ from jinja2 import TemplateError
 from jinja2.ext import loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer as HFTokenizer
+from tokenizers.decoders import ByteLevel
 
 from tessera.errors import InvalidInput
 from tessera.modelfiles import read_config, resolve
@@ -65,6 +66,21 @@ class Tokenizer:
     def decode(self, ids: list[int]) -> str:
         return str(self._tok.decode(ids, skip_special_tokens=True))
 
+    def token_bytes(self, token: int) -> bytes:
+        """The bytes one token stands for (a token may hold part of a UTF-8 character, which
+        `decode` would turn into U+FFFD): what OpenAI's logprobs call `bytes`."""
+        piece = self._tok.id_to_token(token)
+        if piece is not None and isinstance(self._tok.decoder, ByteLevel):
+            try:
+                return bytes(_BYTE_OF[ch] for ch in piece)
+            except KeyError:  # an added token written as plain text
+                pass
+        return str(self._tok.decode([token], skip_special_tokens=False)).encode()
+
+    def token_text(self, token: int) -> str:
+        """One token as text (U+FFFD where it holds part of a character)."""
+        return self.token_bytes(token).decode("utf-8", "replace")
+
     def chat(self, messages: list[dict[str, str]]) -> list[int]:
         if self._template is None:
             raise InvalidInput("messages", "this model has no chat template; use /v1/completions")
@@ -81,6 +97,23 @@ class Tokenizer:
     @property
     def vocab_size(self) -> int:
         return int(self._tok.get_vocab_size())
+
+
+def _byte_level_alphabet() -> dict[str, int]:
+    """GPT-2's byte-level BPE alphabet (character -> byte): printable bytes stand for
+    themselves, the others for 256 + n. `tokenizers` applies it but does not expose it."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[chr(b)] = b
+        else:
+            chars[chr(256 + extra)] = b
+            extra += 1
+    return chars
+
+
+_BYTE_OF = _byte_level_alphabet()
 
 
 def _valid_unicode(text: str) -> str:

@@ -271,8 +271,14 @@ class Scheduler:
     def _result(self, step: Step) -> torch.Tensor | wire.StepToken:
         if step.session.end_block == self.stage.num_blocks:  # logits of the last position
             end = step.position + step.tokens
-            token, logprob = sample(step.outputs[-1], step.sampling, end)
-            return wire.StepToken(token=token, logprob=logprob, position=end)
+            got = sample(step.outputs[-1], step.sampling, end)
+            top = [wire.TokenLogprob(token=t, logprob=lp) for t, lp in got.top]
+            return wire.StepToken(
+                token=got.token,
+                logprob=got.logprob,
+                position=end,
+                top_logprobs=top if step.sampling.top_logprobs > 0 else None,
+            )
         out = step.outputs
         return out[0] if len(out) == 1 else torch.cat(out, dim=1)
 

@@ -368,10 +368,11 @@ def build_app(worker: Worker, token: str | None = None) -> FastAPI:
             (x,) = worker.decode_inputs([step_in])
             if isinstance(x, TesseraError):
                 raise x
-            sampling = Sampling(
-                temperature=_float_header(h, wire.HEADER_TEMPERATURE, 0.0),
-                top_p=_float_header(h, wire.HEADER_TOP_P, 1.0),
-                seed=_int_header(h, wire.HEADER_SEED, 0),
+            sampling = _sampling(
+                _float_header(h, wire.HEADER_TEMPERATURE),
+                _float_header(h, wire.HEADER_TOP_P),
+                _int_header(h, wire.HEADER_SEED, 0),
+                _int_header(h, wire.HEADER_TOP_LOGPROBS, 0),
             )
             position = _int_header(h, wire.HEADER_POSITION, 0)
             out, compute_s = await worker.submit(session_id, x, position, sampling)
@@ -407,10 +408,8 @@ def build_app(worker: Worker, token: str | None = None) -> FastAPI:
             try:
                 if isinstance(x, TesseraError):
                     raise x
-                sampling = Sampling(
-                    temperature=_in_range(wire.HEADER_TEMPERATURE, item.temperature, 0.0),
-                    top_p=_in_range(wire.HEADER_TOP_P, item.top_p, 1.0),
-                    seed=item.seed or 0,
+                sampling = _sampling(
+                    item.temperature, item.top_p, item.seed or 0, item.top_logprobs or 0
                 )
             except TesseraError as exc:
                 entries.append(exc)
@@ -466,23 +465,32 @@ def _int_header(headers: Any, name: str, default: int) -> int:
     return value
 
 
-def _float_header(headers: Any, name: str, default: float) -> float:
+def _float_header(headers: Any, name: str) -> float | None:
     raw = headers.get(name)
     if raw is None:
-        return default
+        return None
     try:
-        value = float(raw)
+        return float(raw)
     except ValueError:
         raise InvalidInput(name, f"{raw!r} is not a number") from None
-    return _in_range(name, value, default)
 
 
-def _in_range(name: str, value: float | None, default: float) -> float:
-    if value is None:
-        return default
-    if not 0.0 <= value <= 100.0:
-        raise InvalidInput(name, f"{value} is out of range")
-    return value
+def _sampling(
+    temperature: float | None, top_p: float | None, seed: int, top_logprobs: int
+) -> Sampling:
+    """The step's sampling, each value in its range (400 naming it otherwise, never a 500 from
+    torch: a top-p of 0 would leave no token to draw)."""
+    temperature = 0.0 if temperature is None else temperature
+    top_p = 1.0 if top_p is None else top_p
+    if not 0.0 <= temperature <= 100.0:  # also refuses NaN
+        raise InvalidInput(wire.HEADER_TEMPERATURE, f"{temperature} is not in [0, 100]")
+    if not 0.0 < top_p <= 1.0:
+        raise InvalidInput(wire.HEADER_TOP_P, f"{top_p} is not in (0, 1]")
+    if not 0 <= top_logprobs <= wire.MAX_TOP_LOGPROBS:
+        raise InvalidInput(
+            wire.HEADER_TOP_LOGPROBS, f"{top_logprobs} is not in [0, {wire.MAX_TOP_LOGPROBS}]"
+        )
+    return Sampling(temperature, top_p, seed, top_logprobs)
 
 
 def _load_then_serve(worker: Worker) -> None:

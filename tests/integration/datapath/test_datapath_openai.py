@@ -49,6 +49,7 @@ def hf(smollm2_dir):
         ids = tok.apply_chat_template(messages, add_generation_prompt=True)
         return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
 
+    greedy.model = model  # for the logprobs test
     return greedy, chat_ids, tok
 
 
@@ -109,6 +110,45 @@ def test_text_completion_streamed_and_not(client, hf):
         if c.choices
     )
     assert streamed == done.choices[0].text
+
+
+def test_logprobs_equal_single_process_transformers_streamed_and_not(client, hf):
+    greedy, chat_ids, tok = hf
+    messages = [{"role": "user", "content": "Name a fruit."}]
+    ask = dict(model=MODEL, messages=messages, max_tokens=6, temperature=0)
+    reply = client.chat.completions.create(**ask, logprobs=True, top_logprobs=5)
+    content = reply.choices[0].logprobs.content
+    ids = chat_ids(messages)
+    new = tok(reply.choices[0].message.content, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logits = greedy.model(torch.tensor([ids + new])).logits[0].float()
+    expected = torch.log_softmax(logits[len(ids) - 1 : len(ids) - 1 + len(content)], dim=-1)
+    for entry, row in zip(content, expected, strict=True):
+        values, top_ids = torch.topk(row, 5)
+        assert [t.token for t in entry.top_logprobs] == [tok.decode([int(i)]) for i in top_ids]
+        assert [t.logprob for t in entry.top_logprobs] == pytest.approx(values.tolist(), abs=1e-3)
+        assert entry.logprob == pytest.approx(values[0].item(), abs=1e-3)  # greedy: the top one
+    streamed = [
+        e
+        for c in client.chat.completions.create(**ask, logprobs=True, top_logprobs=5, stream=True)
+        for ch in c.choices
+        if ch.logprobs
+        for e in ch.logprobs.content
+    ]
+    assert [e.model_dump() for e in streamed] == [e.model_dump() for e in content]
+    text = client.completions.create(model=MODEL, prompt="The sea is", max_tokens=4, logprobs=2)
+    lp = text.choices[0].logprobs
+    assert len(lp.tokens) == 4 and all(len(t) <= 3 for t in lp.top_logprobs)
+
+
+def test_unsupported_parameters_and_a_top_p_of_0_are_400s_naming_them(up):
+    for body, param in (
+        (_chat(tools=[{"type": "function", "function": {"name": "f"}}]), "tools"),
+        (_chat(response_format={"type": "json_object"}), "response_format"),
+        (_chat(top_p=0), "top_p"),
+    ):
+        r = httpx.post(f"{up.base_url}/v1/chat/completions", json=body)
+        _error(r, 400, param=param)
 
 
 def test_models_list(client):
