@@ -154,7 +154,7 @@ class Probe:
         url = f"http://127.0.0.1:{self.port}{self.path}"
         try:
             with urllib.request.urlopen(url, timeout=self.timeout_s) as r:  # noqa: S310 - loopback
-                ok = 200 <= r.status < 400
+                ok = bool(200 <= r.status < 400)
         except (urllib.error.URLError, OSError):
             ok = False
         self.failures = 0 if ok else self.failures + 1
@@ -320,13 +320,16 @@ class Kubelet:
             self._deployments, self._services = deployments, services
             for name in [n for n in self.pods if n not in deployments]:
                 self.pods.pop(name).stop()
-                self.ports.pop(name, None)
+            for gone in (self.ports, self.pending, self._written):  # a new one starts afresh
+                for name in [n for n in gone if n not in deployments]:
+                    del gone[name]
             for name, dep in deployments.items():
                 self._sync_deployment(name, dep, nodes, now)
         for name, dep in deployments.items():
             self._write_status(name, dep)
 
     def _list(self, kind: str) -> list[dict[str, Any]]:
+        resp: Any  # the raw HTTP response: the objects as the API server wrote them
         if kind == "node":
             resp = self.core.list_node(_preload_content=False)
         elif kind == "service":
