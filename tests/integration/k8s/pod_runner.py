@@ -77,6 +77,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def this_image_env() -> dict[str, str]:
+    """The "image": this checkout and its virtual environment (`tessera` on PATH)."""
+    env = {
+        "PATH": f"{pathlib.Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PYTHONUNBUFFERED": "1",
+    }
+    if os.environ.get("PYTHONPATH"):
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    return env
+
+
 def template_hash(template: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:10]
 
@@ -237,16 +248,7 @@ class Kubelet:
         self.probe_every_s = probe_every_s
         self.tick_s = tick_s
         self.refresh_every_s = refresh_every_s
-        bin_dir = str(pathlib.Path(sys.executable).parent)
-        self.image_env = dict(
-            image_env
-            if image_env is not None
-            else {
-                "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-                "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
-                "PYTHONUNBUFFERED": "1",
-            }
-        )
+        self.image_env = dict(image_env if image_env is not None else this_image_env())
         self.core = kubernetes.client.CoreV1Api()
         self.apps = kubernetes.client.AppsV1Api()
         self.pods: dict[str, Pod] = {}  # by Deployment name
