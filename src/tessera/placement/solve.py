@@ -9,13 +9,13 @@ from typing import Literal
 
 from tessera.errors import InvalidInput
 
-from . import cg_bprr, milp, petals
+from . import auto, cg_bprr, milp, petals
 from .model import Plan, Problem
 from .subset import fastest_servers, restrict
 from .validate import supported_concurrency, validate
 
-SolverName = Literal["cg-bprr", "petals", "milp"]
-SOLVERS: tuple[SolverName, ...] = ("cg-bprr", "petals", "milp")
+SolverName = Literal["auto", "cg-bprr", "petals", "milp"]
+SOLVERS: tuple[SolverName, ...] = ("auto", "cg-bprr", "petals", "milp")
 
 
 def choose_concurrency(problem: Problem) -> tuple[int, str]:
@@ -61,11 +61,20 @@ def solve(
     whole = problem
     if max_servers is not None and max_servers < len(problem.servers):
         # The documented subset: the fastest servers by CG-BPRR's amortised per-block time, ranked
-        # at the declared concurrency (1 when only an arrival rate is given).
+        # at the declared concurrency (1 when only an arrival rate is given). `auto` chooses its own
+        # subset, but takes |R| as CG-BPRR would, so that its floor is CG-BPRR's plan.
         rank_at = problem.workload.concurrent_requests or 1
         problem = restrict(problem, fastest_servers(problem, rank_at, max_servers))
     concurrency, how = choose_concurrency(problem)
-    if solver == "cg-bprr":
+    if solver == "auto":
+        plan = auto.solve(
+            whole,
+            concurrency,
+            deadline_s=t0 + time_limit_s,
+            max_servers=max_servers,
+            seed=seed,
+        )
+    elif solver == "cg-bprr":
         plan = cg_bprr.solve(problem, concurrency)
     elif solver == "petals":
         plan = petals.solve(problem, concurrency, petals.PetalsParams.for_problem(problem, seed))

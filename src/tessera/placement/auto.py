@@ -1,0 +1,166 @@
+"""`auto`: the best plan found within the time limit, never worse than CG-BPRR (its floor).
+
+Candidates, each checked by `validate` at the declared concurrency and scored by the predicted
+per-token time (client-weighted); the first best wins, so ties keep CG-BPRR:
+1. CG-BPRR on the servers it would use under the bound: the floor, and its Theorem 2 bound.
+2. Dedicated chains (chains.py): clients in groups (all together; each alone, in two orders), each
+   group's chain chosen exactly over the servers still free, sized for the group's own sessions
+   rather than CG-BP's all-|R| count. Servers left within the bound are placed by CG-BP as spare
+   capacity when they cover the model by themselves (the online router uses them under load).
+3. PETALS, when its routes carry the declared concurrency.
+4. The exact MILP on small pools, with the time left.
+Anytime: after the floor, a candidate is tried only while the time limit lasts.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from types import MappingProxyType
+
+import numpy as np
+
+from . import cg_bprr, milp, petals
+from .chains import best_dedicated_chain
+from .evaluate import plan_with_routes
+from .model import Placement, Plan, Predicted, Problem
+from .perf import requests_per_client
+from .subset import fastest_servers, restrict
+from .validate import validate
+
+SOLVER = "auto"
+MILP_MAX_SERVERS = 6  # the MILP proves optimality on pools this small within seconds (bench)
+
+
+def _per_token(plan: Plan) -> float:
+    return plan.predicted.per_token_s if plan.predicted is not None else math.inf
+
+
+def dedicated_chains(
+    problem: Problem, concurrent_requests: int, groups: Sequence[Sequence[int]], budget: int
+) -> Plan | None:
+    """One exact chain per group of clients over disjoint servers, plus spare CG-BP capacity."""
+    n, n_blocks = len(problem.servers), problem.num_blocks
+    sessions = requests_per_client(problem, concurrent_requests)
+    tau = np.array([s.decode_s_per_block for s in problem.servers])
+    free, left = set(range(n)), budget
+    placement: dict[int, Placement] = {}
+    routes: dict[str, tuple[str, ...]] = {}
+    for gi, group in enumerate(groups):
+        n_g = sum(sessions[c] for c in group)
+        per_block = problem.model.block_bytes + problem.session_bytes_per_block * n_g
+        capacity = [min(s.memory_bytes // per_block, n_blocks) for s in problem.servers]
+        weight = sum(problem.clients[c].weight for c in group)
+        rtt = np.array(
+            [
+                sum(problem.clients[c].weight * problem.link(c, j).rtt_s for c in group) / weight
+                for j in range(n)
+            ]
+        )
+        later = len(groups) - gi - 1  # keep at least one server for each later group
+        _, chain = best_dedicated_chain(n_blocks, capacity, rtt, tau, sorted(free), left - later)
+        if not chain:
+            return None
+        start, names = 0, []
+        for j, k in sorted(chain):
+            placement[j] = Placement(problem.servers[j].name, start, k)
+            names.append(problem.servers[j].name)
+            start += k
+            free.discard(j)
+        left -= len(chain)
+        for c in group:
+            routes[problem.clients[c].name] = tuple(names)
+    if left > 0 and free:
+        rest = restrict(problem, (problem.servers[j].name for j in sorted(free)))
+        if left < len(free):
+            rest = restrict(rest, fastest_servers(rest, concurrent_requests, left))
+        spare = cg_bprr.greedy_place(rest, concurrent_requests)
+        if spare is not None:
+            for p in cg_bprr.placement_of(rest, spare):
+                placement[problem.server_index(p.server)] = p
+    ordered = tuple(placement[j] for j in sorted(placement))
+    return plan_with_routes(problem, ordered, routes, concurrent_requests, SOLVER)
+
+
+def _groupings(problem: Problem) -> list[list[list[int]]]:
+    everyone = list(range(len(problem.clients)))
+    out = [[everyone]]
+    if len(everyone) > 1:
+        heavy_first = sorted(everyone, key=lambda c: (-problem.clients[c].weight, c))
+        out.append([[c] for c in heavy_first])
+        out.append([[c] for c in reversed(heavy_first)])
+    return out
+
+
+def _petals(problem: Problem, concurrent_requests: int, seed: int) -> Plan | None:
+    plan = petals.solve(
+        problem, concurrent_requests, petals.PetalsParams.for_problem(problem, seed)
+    )
+    if not plan.feasible or plan.predicted is None:
+        return None
+    return plan_with_routes(problem, plan.placement, plan.routes, concurrent_requests, SOLVER)
+
+
+def _objective_is_milps(problem: Problem, concurrent_requests: int) -> bool:
+    """The MILP weights clients by their requests; that is our objective when requests follow weights."""
+    total = sum(c.weight for c in problem.clients)
+    counts = requests_per_client(problem, concurrent_requests)
+    return all(
+        math.isclose(n / concurrent_requests, c.weight / total, rel_tol=1e-12)
+        for n, c in zip(counts, problem.clients, strict=True)
+    )
+
+
+def solve(
+    problem: Problem,
+    concurrent_requests: int,
+    *,
+    deadline_s: float,
+    max_servers: int | None = None,
+    seed: int = 0,
+) -> Plan:
+    """`deadline_s`: a time.perf_counter() value after which no further candidate is started."""
+    n, r = len(problem.servers), concurrent_requests
+    budget = n if max_servers is None else min(max_servers, n)
+    floor_problem = (
+        problem if budget >= n else restrict(problem, fastest_servers(problem, r, budget))
+    )
+    floor = cg_bprr.solve(floor_problem, r)
+    bound = floor.predicted.bound_per_token_s if floor.predicted is not None else None
+    makers: list[tuple[str, Callable[[], Plan | None]]] = [
+        (f"chains x{len(g)}", lambda g=g: dedicated_chains(problem, r, g, budget))  # type: ignore[misc]
+        for g in _groupings(problem)
+    ]
+    makers.append(("petals", lambda: _petals(floor_problem, r, seed)))
+    proven_s = math.inf  # the MILP's proven optimum, when it proves one in our objective
+    best_name, best = "cg-bprr", floor
+    tried = 1
+    for name, make in makers:
+        if time.perf_counter() >= deadline_s:
+            break
+        tried += 1
+        plan = make()
+        if plan is not None and not validate(problem, plan) and _per_token(plan) < _per_token(best):
+            best_name, best = name, plan
+    left_s = deadline_s - time.perf_counter()
+    if budget >= n and n <= MILP_MAX_SERVERS and left_s > 0.1:
+        tried += 1
+        exact = milp.solve(problem, r, left_s)
+        plan = exact.plan
+        if exact.proven_optimal and _objective_is_milps(problem, r):
+            proven_s = _per_token(plan)
+        if plan.feasible and not validate(problem, plan) and _per_token(plan) < _per_token(best):
+            best_name, best = "milp", plan
+    if not best.feasible or best.predicted is None:
+        return Plan(SOLVER, False, reason=best.reason, stats=best.stats)
+    stats = {
+        "concurrent_requests": r,
+        "chosen": best_name,
+        "candidates_tried": tried,
+        "cg_bprr_per_token_s": _per_token(floor),
+        "theorem2_bound_per_token_s": bound,
+        "proven_optimal": _per_token(best) <= proven_s * (1 + 1e-9),
+    }
+    predicted = Predicted(best.predicted.per_token_s, best.predicted.first_token_s, bound)
+    return Plan(SOLVER, True, best.placement, best.routes, predicted, MappingProxyType(stats))

@@ -1,0 +1,117 @@
+"""`auto`: valid, never worse than CG-BPRR, the exact optimum on tiny pools, honours the bound."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import random
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tessera.placement import Client, Placement, Plan, Problem, solve, validate
+from tessera.placement.evaluate import plan_with_routes
+from tessera.placement.generate import random_pool, random_small
+
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+pools = st.builds(
+    lambda seed, n, blocks, clients, r: random_small(random.Random(seed), n, blocks, clients, r),
+    st.integers(0, 2**32 - 1),
+    st.integers(1, 9),
+    st.integers(1, 12),
+    st.integers(1, 3),
+    st.integers(1, 6),
+)
+
+
+def _per_token(plan: Plan) -> float:
+    return plan.predicted.per_token_s if plan.feasible and plan.predicted else math.inf
+
+
+@SETTINGS
+@given(pools, st.one_of(st.none(), st.integers(1, 9)))
+def test_auto_is_valid_and_never_worse_than_cg_bprr(pool, bound) -> None:  # type: ignore[no-untyped-def]
+    plan = solve(pool, "auto", time_limit_s=5, max_servers=bound)
+    cg = solve(pool, "cg-bprr", max_servers=bound)
+    assert validate(pool, plan) == []
+    assert plan.solver == "auto"
+    if cg.feasible:
+        assert plan.feasible
+        assert _per_token(plan) <= _per_token(cg) * (1 + 1e-12)
+        assert plan.stats["cg_bprr_per_token_s"] == _per_token(cg)
+        assert plan.predicted.bound_per_token_s == cg.predicted.bound_per_token_s
+    if bound is not None:
+        assert len(plan.placement) <= bound
+
+
+def _chains(problem: Problem, placement: tuple[Placement, ...]) -> list[tuple[str, ...]]:
+    """Every chain over a placement (brute force)."""
+    out: list[tuple[str, ...]] = []
+
+    def grow(chain: tuple[str, ...], end: int) -> None:
+        if end == problem.num_blocks:
+            out.append(chain)
+            return
+        for p in placement:
+            if p.server not in chain and p.start <= end < p.end:
+                grow((*chain, p.server), p.end)
+
+    grow((), 0)
+    return out
+
+
+def brute_force_optimum(problem: Problem) -> float:
+    """The least per-token time over every placement and every chain per client that fits memory."""
+    r = problem.workload.concurrent_requests or 1
+    options: list[list[Placement | None]] = []
+    for s in problem.servers:
+        ranges: list[Placement | None] = [None]
+        ranges += [
+            Placement(s.name, a, m)
+            for m in range(1, problem.num_blocks + 1)
+            for a in range(problem.num_blocks - m + 1)
+        ]
+        options.append(ranges)
+    best = math.inf
+    for combo in itertools.product(*options):
+        placement = tuple(p for p in combo if p is not None)
+        chains = _chains(problem, placement)
+        for routes in itertools.product(chains, repeat=len(problem.clients)):
+            named = {c.name: ch for c, ch in zip(problem.clients, routes, strict=True)}
+            plan = plan_with_routes(problem, placement, named, r, "brute")
+            if not validate(problem, plan):
+                best = min(best, _per_token(plan))
+    return best
+
+
+tiny = st.builds(
+    lambda seed, n, blocks, clients, r: random_small(random.Random(seed), n, blocks, clients, r),
+    st.integers(0, 2**32 - 1),
+    st.integers(1, 3),
+    st.integers(1, 3),
+    st.integers(1, 2),
+    st.integers(1, 2),
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(tiny)
+def test_auto_finds_the_brute_force_optimum_on_tiny_pools(pool) -> None:  # type: ignore[no-untyped-def]
+    # Equal weights and |R| a multiple of the clients: then the MILP's objective is the plan's.
+    n_clients = len(pool.clients)
+    clients = tuple(Client(c.name, 1.0) for c in pool.clients)
+    r = n_clients * (pool.workload.concurrent_requests or 1)
+    workload = dataclasses.replace(pool.workload, concurrent_requests=r)
+    pool = Problem(pool.model, workload, pool.servers, clients, pool.links)
+    optimum = brute_force_optimum(pool)
+    plan = solve(pool, "auto", time_limit_s=20)
+    assert validate(pool, plan) == []
+    assert math.isclose(_per_token(plan), optimum, rel_tol=1e-9) or _per_token(plan) == optimum
+
+
+def test_auto_beats_cg_bprr_on_a_pool_with_two_clients() -> None:
+    pool = random_pool(random.Random(100), 100)
+    auto, cg = solve(pool, "auto", time_limit_s=10), solve(pool, "cg-bprr")
+    assert _per_token(auto) < _per_token(cg)
+    assert auto.stats["chosen"] != "cg-bprr"
