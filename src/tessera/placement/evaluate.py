@@ -57,15 +57,34 @@ def plan_with_routes(
     )
 
 
+def evaluate_placement(
+    problem: Problem, placement: tuple[Placement, ...], concurrent_requests: int, solver: str
+) -> Plan:
+    """The plan a placement amounts to: cheapest chain per client (CG-BPRR's routing), predicted
+    times. Infeasible, with the reason, when the ranges do not cover the model. Memory is the
+    caller's to check (`validate`), at whatever concurrency it serves."""
+    missing = uncovered(problem.num_blocks, placement)
+    if missing:
+        return Plan(
+            solver,
+            False,
+            placement,
+            reason=f"blocks {missing[0]}..{missing[-1]} are on no server",
+        )
+    routes, _ = route_clients(problem, placement)
+    return plan_with_routes(problem, placement, routes, concurrent_requests, solver)
+
+
 def evaluate(problem: Problem, ranges: Ranges, concurrent_requests: int, solver: str) -> Plan:
-    """The plan a set of deployed ranges amounts to: cheapest chain per client, predicted times."""
+    """The plan a set of deployed ranges (server -> (start, end)) amounts to; unknown servers and
+    empty ranges are left out."""
     names = {s.name for s in problem.servers}
     placement = tuple(
         Placement(s, start, end - start)
         for s, (start, end) in sorted(ranges.items())
         if s in names and end > start
     )
-    if not covers(problem.num_blocks, ((p.start, p.end) for p in placement)):
+    plan = evaluate_placement(problem, placement, concurrent_requests, solver)
+    if not plan.feasible:
         return Plan(solver, False, placement, reason="the deployed stages do not cover all blocks")
-    routes, _ = route_clients(problem, placement)
-    return plan_with_routes(problem, placement, routes, concurrent_requests, solver)
+    return plan

@@ -20,6 +20,7 @@ from typing import Literal
 
 from tessera.errors import InvalidInput
 from tessera.placement import Placement, Problem, cg_bprr, perf, petals, solve
+from tessera.placement.evaluate import uncovered
 
 POLICIES = ("cg-bprr", "petals", "petals-opt-order", "petals-opt-number", "petals-ws-rr")
 Routing = Literal["ws-rr", "petals"]
@@ -40,11 +41,7 @@ class Policy:
 
 
 def _covered(problem: Problem, placement: tuple[Placement, ...]) -> str:
-    held = [False] * problem.num_blocks
-    for p in placement:
-        for b in range(p.start, p.end):
-            held[b] = True
-    missing = [b for b, ok in enumerate(held) if not ok]
+    missing = uncovered(problem.num_blocks, placement)
     if not missing:
         return ""
     return f"blocks {missing[0]}..{missing[-1]} are on no server"
