@@ -6,11 +6,22 @@ import dataclasses
 import itertools
 import math
 import random
+import time
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tessera.placement import Client, Placement, Plan, Problem, solve, validate
+from tessera.placement import (
+    REGISTRY,
+    Client,
+    Limits,
+    Placement,
+    Plan,
+    Problem,
+    Solver,
+    solve,
+    validate,
+)
 from tessera.placement.evaluate import plan_with_routes
 from tessera.placement.generate import random_pool, random_small
 
@@ -108,10 +119,31 @@ def test_auto_finds_the_brute_force_optimum_on_tiny_pools(pool) -> None:  # type
     plan = solve(pool, "auto", time_limit_s=20)
     assert validate(pool, plan) == []
     assert math.isclose(_per_token(plan), optimum, rel_tol=1e-9) or _per_token(plan) == optimum
+    assert plan.statistics.proven_optimal == math.isfinite(optimum)
 
 
 def test_auto_beats_cg_bprr_on_a_pool_with_two_clients() -> None:
     pool = random_pool(random.Random(100), 100)
     auto, cg = solve(pool, "auto", time_limit_s=10), solve(pool, "cg-bprr")
     assert _per_token(auto) < _per_token(cg)
-    assert auto.stats["chosen"] != "cg-bprr"
+    stats = auto.statistics
+    assert stats.chosen != "cg-bprr" and stats.cg_bprr_per_token_s == _per_token(cg)
+    assert not stats.proven_optimal  # no MILP on 100 servers: nothing is proven
+    assert stats.servers_used == len(auto.placement)
+
+
+def test_auto_under_a_bound_on_a_large_pool_uses_at_most_that_many_gpus() -> None:
+    pool = random_pool(random.Random(7), 200)
+    bounded = solve(pool, "auto", time_limit_s=10, max_servers=12)
+    cg = solve(pool, "cg-bprr", max_servers=12)
+    assert validate(pool, bounded) == [] and len(bounded.placement) <= 12
+    assert _per_token(bounded) <= _per_token(cg)
+
+
+def test_every_solver_in_the_registry_meets_the_protocol() -> None:
+    pool = random_small(random.Random(3), 4, 6, 2, 2)
+    limits = Limits(deadline_s=time.perf_counter() + 10)
+    for name, solver in REGISTRY.items():
+        assert isinstance(solver, Solver) and solver.name == name
+        plan = solver.solve(pool, 2, limits)
+        assert plan.feasible == solve(pool, name, time_limit_s=10).feasible

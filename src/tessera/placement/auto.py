@@ -160,7 +160,7 @@ def solve(
         "candidates_tried": tried,
         "cg_bprr_per_token_s": _per_token(floor),
         "theorem2_bound_per_token_s": bound,
-        "proven_optimal": _per_token(best) <= proven_s * (1 + 1e-9),
+        "proven_optimal": math.isfinite(proven_s) and _per_token(best) <= proven_s * (1 + 1e-9),
     }
     predicted = Predicted(best.predicted.per_token_s, best.predicted.first_token_s, bound)
     return Plan(SOLVER, True, best.placement, best.routes, predicted, MappingProxyType(stats))

@@ -40,7 +40,7 @@ def decide(problem: Problem, deployed: Ranges, fresh: Plan, threshold: float) ->
         return Decision(fresh, True, "initial plan")
     if dict(deployed) == fresh_ranges:
         return Decision(fresh, False, "plan unchanged")
-    concurrency = int(fresh.stats.get("concurrent_requests", 1))  # the plan's own |R|
+    concurrency = fresh.statistics.concurrent_requests or 1  # the plan's own |R|
     current = evaluate(problem, deployed, concurrency, f"{fresh.solver} (deployed)")
     if not current.feasible:
         return Decision(fresh, True, f"re-planned: {current.reason}")

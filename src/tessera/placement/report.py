@@ -38,44 +38,38 @@ def render_table(problem: Problem, plan: Plan, baseline: Plan | None) -> str:
         lines.append(f"predicted first-token    : {pred.first_token_s * 1000:.1f} ms")
         if pred.bound_per_token_s is not None:
             lines.append(f"Theorem 2 bound          : {pred.bound_per_token_s * 1000:.1f} ms")
-    stats = plan.stats
+    st = plan.statistics
     lines.append(
-        f"concurrent requests      : {stats.get('concurrent_requests')} ({stats.get('concurrent_requests_source', '')})"
+        f"concurrent requests      : {st.concurrent_requests} ({st.concurrent_requests_source})"
     )
     if plan.solver == "auto":
         lines.append(
             f"GPUs used                : {len(plan.placement)} of {len(problem.servers)}"
-            f"{_bound(stats.get('max_servers'))}"
+            f"{_bound(st.max_servers)}"
         )
-        cg_s = stats.get("cg_bprr_per_token_s")
-        if isinstance(cg_s, float) and pred is not None and math.isfinite(cg_s):
+        cg_s = st.cg_bprr_per_token_s
+        if cg_s is not None and pred is not None and math.isfinite(cg_s) and cg_s > 0:
             lines.append(
                 f"CG-BPRR on the same pool : {cg_s * 1000:.1f} ms/token "
-                f"(this plan: {pred.per_token_s / cg_s:.2f}x; chosen: {stats.get('chosen')})"
+                f"(this plan: {pred.per_token_s / cg_s:.2f}x; chosen: {st.chosen})"
             )
     if plan.solver in ("milp", "auto"):
-        lines.append(
-            f"proven optimal           : {stats.get('proven_optimal')}"
-            + (
-                f" ({stats.get('milp_status')}/{stats.get('milp_sol_status')})"
-                if "milp_status" in stats
-                else ""
-            )
-        )
-        if "fallback" in stats:
-            lines.append(f"fallback                 : {stats['fallback']}")
+        status = f" ({st.milp_status}/{st.milp_sol_status})" if st.milp_status else ""
+        lines.append(f"proven optimal           : {st.proven_optimal}{status}")
+        if st.fallback:
+            lines.append(f"fallback                 : {st.fallback}")
     if baseline is not None:
         if baseline.feasible and baseline.predicted is not None and pred is not None:
             ratio = pred.per_token_s / baseline.predicted.per_token_s
             lines.append(
                 f"PETALS on the same pool  : {baseline.predicted.per_token_s * 1000:.1f} ms/token "
-                f"(this plan: {ratio:.2f}x), carries {baseline.stats.get('concurrent_requests')} "
-                f"of {stats.get('concurrent_requests')} concurrent requests"
+                f"(this plan: {ratio:.2f}x), carries {baseline.statistics.concurrent_requests} "
+                f"of {st.concurrent_requests} concurrent requests"
             )
         else:
             lines.append(f"PETALS on the same pool  : infeasible ({baseline.reason})")
     return "\n".join(lines)
 
 
-def _bound(max_servers: object) -> str:
+def _bound(max_servers: int | None) -> str:
     return f" (bound {max_servers})" if max_servers is not None else ""

@@ -124,8 +124,8 @@ def validate(problem: Problem, plan: Plan) -> list[str]:
     errors = _routes(problem, plan, placed)
     if errors:
         return errors
-    concurrency = plan.stats.get("concurrent_requests")
-    if not isinstance(concurrency, int) or concurrency < 0:
+    concurrency = plan.statistics.concurrent_requests
+    if concurrency is None or concurrency < 0:
         return ["stats.concurrent_requests: the plan must say which concurrency it was built for"]
     errors += memory_violations(problem, plan, concurrency)
     hops = [chain_hops(problem, placed, plan.routes[c.name]) for c in problem.clients]
