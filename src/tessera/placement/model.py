@@ -70,6 +70,7 @@ class Problem:
     links: tuple[Link, ...]
     # Derived lookups, built once; (client index, server index) -> link.
     _link_index: Mapping[tuple[int, int], Link] = field(init=False, repr=False, compare=False)
+    _server_index: Mapping[str, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         s_idx = {s.name: i for i, s in enumerate(self.servers)}
@@ -80,6 +81,10 @@ class Problem:
             if lk.client in c_idx and lk.server in s_idx
         }
         object.__setattr__(self, "_link_index", MappingProxyType(index))
+        first: dict[str, int] = {}
+        for i, s in enumerate(self.servers):
+            first.setdefault(s.name, i)  # the first of a repeated name, as a scan would find
+        object.__setattr__(self, "_server_index", MappingProxyType(first))
 
     @property
     def num_blocks(self) -> int:
@@ -95,10 +100,7 @@ class Problem:
         return self._link_index[(client, server)]
 
     def server_index(self, name: str) -> int:
-        for i, s in enumerate(self.servers):
-            if s.name == name:
-                return i
-        raise KeyError(name)
+        return self._server_index[name]  # KeyError for an unknown server, as before
 
     def with_concurrency(self, concurrent_requests: int) -> Problem:
         w = self.workload

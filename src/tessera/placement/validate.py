@@ -89,9 +89,10 @@ def block_sessions(problem: Problem, plan: Plan, concurrent_requests: int) -> di
 
 def memory_violations(problem: Problem, plan: Plan, concurrent_requests: int) -> list[str]:
     errors = []
+    held = {p.server: p.blocks for p in plan.placement}
     for name, sessions in block_sessions(problem, plan, concurrent_requests).items():
         server = problem.servers[problem.server_index(name)]
-        blocks = next(p.blocks for p in plan.placement if p.server == name)
+        blocks = held[name]
         need = memory_bytes(problem, blocks, sessions)
         if need > server.memory_bytes:
             errors.append(
