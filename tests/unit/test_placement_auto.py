@@ -147,3 +147,17 @@ def test_every_solver_in_the_registry_meets_the_protocol() -> None:
         assert isinstance(solver, Solver) and solver.name == name
         plan = solver.solve(pool, 2, limits)
         assert plan.feasible == solve(pool, name, time_limit_s=10).feasible
+
+
+def test_one_client_is_proven_optimal_by_the_chain_search_without_the_milp() -> None:
+    pool = random_pool(random.Random(11), 40, clients=1)
+    plan = solve(pool, "auto", time_limit_s=10)
+    cg = solve(pool, "cg-bprr")
+    assert plan.statistics.proven_optimal and plan.statistics.milp_status is None
+    assert _per_token(plan) <= _per_token(cg)
+    # Tiny single-client pools go the same way, where the brute force can confirm it.
+    tiny_pool = random_small(random.Random(5), 3, 3, 1, 2)
+    if solve(tiny_pool, "cg-bprr").feasible:
+        tiny_plan = solve(tiny_pool, "auto", time_limit_s=10)
+        assert tiny_plan.statistics.proven_optimal
+        assert math.isclose(_per_token(tiny_plan), brute_force_optimum(tiny_pool), rel_tol=1e-9)

@@ -9,7 +9,8 @@ per-token time (client-weighted); the first best wins, so ties keep CG-BPRR:
    capacity when they cover the model by themselves (the online router uses them under load).
 3. PETALS, when its routes carry the declared concurrency.
 4. The best placement so far with its own shortest chains, when they fit.
-5. The exact MILP on small pools without a bound, with the time left.
+5. The exact MILP on small pools without a bound, with the time left, unless 2. already proved
+   its chain optimal (one client: the DP is exact).
 Anytime: after the floor, a candidate is tried only while the time limit lasts.
 """
 
@@ -23,7 +24,7 @@ from types import MappingProxyType
 import numpy as np
 
 from . import cg_bprr, milp, petals
-from .chains import best_dedicated_chain
+from .chains import best_dedicated_chain, is_exhaustive
 from .evaluate import evaluate_placement, plan_with_routes
 from .model import Placement, Plan, Predicted, Problem
 from .perf import requests_per_client
@@ -61,9 +62,7 @@ def dedicated_chains(
     placement: dict[int, Placement] = {}
     routes: dict[str, tuple[str, ...]] = {}
     for gi, group in enumerate(groups):
-        n_g = sum(sessions[c] for c in group)
-        per_block = problem.model.block_bytes + problem.session_bytes_per_block * n_g
-        capacity = [min(s.memory_bytes // per_block, n_blocks) for s in problem.servers]
+        capacity = _capacity(problem, sum(sessions[c] for c in group))
         weight = sum(problem.clients[c].weight for c in group)
         rtt = np.array(
             [
@@ -94,6 +93,12 @@ def dedicated_chains(
                 placement[problem.server_index(p.server)] = p
     ordered = tuple(placement[j] for j in sorted(placement))
     return plan_with_routes(problem, ordered, routes, concurrent_requests, SOLVER)
+
+
+def _capacity(problem: Problem, sessions: int) -> list[int]:
+    """Blocks each server can hold when it carries `sessions` sessions on each of them."""
+    per_block = problem.model.block_bytes + problem.session_bytes_per_block * sessions
+    return [min(s.memory_bytes // per_block, problem.num_blocks) for s in problem.servers]
 
 
 def _groupings(problem: Problem) -> list[list[list[int]]]:
@@ -141,19 +146,30 @@ def solve(
     )
     floor = cg_bprr.solve(floor_problem, r)
     bound = floor.predicted.bound_per_token_s if floor.predicted is not None else None
-    makers: list[tuple[str, Callable[[], Plan | None]]] = [
-        (f"chains x{len(g)}", lambda g=g: dedicated_chains(problem, r, g, budget))  # type: ignore[misc]
+    # (name, maker, whether its plan is the optimum): one client's dedicated chain is, when the
+    # DP looks at every server (chains.py).
+    makers: list[tuple[str, Callable[[], Plan | None], bool]] = [
+        (
+            f"chains x{len(g)}",
+            lambda g=g: dedicated_chains(problem, r, g, budget),  # type: ignore[misc]
+            len(problem.clients) == 1 and is_exhaustive(_capacity(problem, r)),
+        )
         for g in _groupings(problem)
     ]
-    makers.append(("petals", lambda: _petals(floor_problem, r, seed)))
-    proven_s = math.inf  # the MILP's proven optimum, when it proves one in our objective
+    makers.append(("petals", lambda: _petals(floor_problem, r, seed), False))
+    proven_s = math.inf  # a proven optimum in our objective (the DP's or the MILP's)
+    settled = False  # the DP was exact: nothing left for the MILP to find
     best_name, best = "cg-bprr", floor
     tried = 1
-    for name, make in makers:
+    for name, make, exact in makers:
         if time.perf_counter() >= deadline_s:
             break
         tried += 1
         plan = make()
+        if exact:
+            settled = True
+            if plan is not None and not validate(problem, plan):
+                proven_s = _per_token(plan)
         if plan is not None and _better(problem, plan, best):
             best_name, best = name, plan
     if best_name != "cg-bprr" and time.perf_counter() < deadline_s:
@@ -164,11 +180,11 @@ def solve(
             best_name, best = f"{best_name}, rerouted", plan
     # CBC overruns its own limit by its start-up and the model's writing: leave it a margin.
     milp_s = 0.8 * (deadline_s - time.perf_counter()) - 0.2
-    if budget >= n and n <= MILP_MAX_SERVERS and milp_s > 0.1:
+    if budget >= n and n <= MILP_MAX_SERVERS and milp_s > 0.1 and not settled:
         tried += 1
-        exact = milp.solve(problem, r, milp_s)
-        plan = exact.plan
-        if exact.proven_optimal and _objective_is_milps(problem, r):
+        result = milp.solve(problem, r, milp_s)
+        plan = result.plan
+        if result.proven_optimal and _objective_is_milps(problem, r):
             proven_s = _per_token(plan)
         if plan.feasible and _better(problem, plan, best):
             best_name, best = "milp", plan

@@ -19,6 +19,11 @@ from .paths import FloatArray
 CANDIDATES = 96  # servers the DP looks at per chain: the best by amortised per-block time
 
 
+def is_exhaustive(capacity: Sequence[int]) -> bool:
+    """Whether the DP looks at every server that can hold a block (then its chain is the optimum)."""
+    return sum(c > 0 for c in capacity) <= CANDIDATES
+
+
 def best_dedicated_chain(
     num_blocks: int,
     capacity: Sequence[int],
