@@ -35,6 +35,7 @@ SOLVER = "auto"
 # A candidate replaces the best so far only when clearly better: float noise between equal chains
 # must not trade CG-BPRR's full pool for a bare chain of the same speed.
 MIN_GAIN = 1e-9
+PARTITION_MAX_CLIENTS = 4  # every split of the clients into chain groups up to this many
 MILP_MAX_SERVERS = 6  # the MILP proves optimality on pools this small within seconds (bench)
 
 
@@ -101,13 +102,36 @@ def _capacity(problem: Problem, sessions: int) -> list[int]:
     return [min(s.memory_bytes // per_block, problem.num_blocks) for s in problem.servers]
 
 
+def _partitions(items: list[int]) -> list[list[list[int]]]:
+    """Every way to split `items` into groups (Bell(n) of them: 15 for 4 items)."""
+    if not items:
+        return [[]]
+    first, rest = items[0], items[1:]
+    out = []
+    for part in _partitions(rest):
+        out.append([[first], *part])
+        for i in range(len(part)):
+            out.append([*part[:i], [first, *part[i]], *part[i + 1 :]])
+    return out
+
+
 def _groupings(problem: Problem) -> list[list[list[int]]]:
+    """Ways to share chains among clients: all together first, then each alone (heaviest first,
+    then lightest first), then, for a few clients, every other split (heavier groups first)."""
     everyone = list(range(len(problem.clients)))
     out = [[everyone]]
     if len(everyone) > 1:
         heavy_first = sorted(everyone, key=lambda c: (-problem.clients[c].weight, c))
         out.append([[c] for c in heavy_first])
         out.append([[c] for c in reversed(heavy_first)])
+    if 2 < len(everyone) <= PARTITION_MAX_CLIENTS:
+
+        def weight(group: list[int]) -> float:
+            return sum(problem.clients[c].weight for c in group)
+
+        for part in _partitions(everyone):
+            if 1 < len(part) < len(everyone):
+                out.append(sorted(part, key=lambda g: (-weight(g), g)))
     return out
 
 
