@@ -161,3 +161,13 @@ def test_one_client_is_proven_optimal_by_the_chain_search_without_the_milp() -> 
         tiny_plan = solve(tiny_pool, "auto", time_limit_s=10)
         assert tiny_plan.statistics.proven_optimal
         assert math.isclose(_per_token(tiny_plan), brute_force_optimum(tiny_pool), rel_tol=1e-9)
+
+
+def test_a_spent_time_limit_returns_the_floor_it_always_computes_first() -> None:
+    pool = random_pool(random.Random(100), 100)
+    hurried = solve(pool, "auto", time_limit_s=1e-9)
+    cg = solve(pool, "cg-bprr")
+    assert validate(pool, hurried) == []
+    assert hurried.statistics.chosen == "cg-bprr" and hurried.stats["candidates_tried"] == 1
+    assert hurried.placement == cg.placement
+    assert _per_token(solve(pool, "auto", time_limit_s=10)) < _per_token(hurried)

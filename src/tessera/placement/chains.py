@@ -45,7 +45,7 @@ def best_dedicated_chain(
     choice = np.zeros((len(cands), hops + 1, num_blocks + 1), dtype=np.int32)
     for i, j in enumerate(cands):
         new = dp.copy()
-        for k in range(1, capacity[j] + 1):
+        for k in range(1, min(capacity[j], num_blocks) + 1):
             cand = dp[:-1, : num_blocks + 1 - k] + (per_hop_s[j] + per_block_s[j] * k)
             target = new[1:, k:]
             better = cand < target
