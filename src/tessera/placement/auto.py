@@ -3,10 +3,12 @@
 Candidates, each checked by `validate` at the declared concurrency and scored by the predicted
 per-token time (client-weighted); the first best wins, so ties keep CG-BPRR:
 1. CG-BPRR on the servers it would use under the bound: the floor, and its Theorem 2 bound.
-2. Dedicated chains (chains.py): clients in groups (all together; each alone, in two orders), each
-   group's chain chosen exactly over the servers still free, sized for the group's own sessions
-   rather than CG-BP's all-|R| count. Servers left within the bound are placed by CG-BP as spare
-   capacity when they cover the model by themselves (the online router uses them under load).
+2. Dedicated chains (chains.py): clients in groups (all together; each alone, in two orders; every
+   split of up to 4 clients), each group's chain chosen exactly over the servers still free,
+   sized for the group's own sessions rather than CG-BP's all-|R| count; then the same behind a
+   shared first segment that carries every session. Servers left within the bound are placed by
+   CG-BP as spare capacity when they cover the model by themselves (the online router uses them
+   under load).
 3. PETALS, when its routes carry the declared concurrency.
 4. The best placement so far with its own shortest chains, when they fit.
 5. The exact MILP on small pools without a bound, with the time left, unless 2. already proved
@@ -18,15 +20,16 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from types import MappingProxyType
 
 import numpy as np
 
 from . import cg_bprr, milp, petals
-from .chains import best_dedicated_chain, is_exhaustive
+from .chains import best_dedicated_chain, chain_table, is_exhaustive
 from .evaluate import evaluate_placement, plan_with_routes
 from .model import Placement, Plan, Predicted, Problem
+from .paths import FloatArray
 from .perf import requests_per_client
 from .subset import fastest_servers, restrict
 from .validate import validate
@@ -36,7 +39,8 @@ SOLVER = "auto"
 # must not trade CG-BPRR's full pool for a bare chain of the same speed.
 MIN_GAIN = 1e-9
 PARTITION_MAX_CLIENTS = 4  # every split of the clients into chain groups up to this many
-MILP_MAX_SERVERS = 6  # the MILP proves optimality on pools this small within seconds (bench)
+MILP_MAX_SERVERS = 6
+SPLITS_TRIED = 3  # lengths of a shared first segment built exactly, of the best estimated  # the MILP proves optimality on pools this small within seconds (bench)
 
 
 def _per_token(plan: Plan) -> float:
@@ -53,37 +57,65 @@ def _better(problem: Problem, plan: Plan, best: Plan) -> bool:
 
 
 def dedicated_chains(
-    problem: Problem, concurrent_requests: int, groups: Sequence[Sequence[int]], budget: int
+    problem: Problem,
+    concurrent_requests: int,
+    groups: Sequence[Sequence[int]],
+    budget: int,
+    shared_blocks: int = 0,
 ) -> Plan | None:
-    """One exact chain per group of clients over disjoint servers, plus spare CG-BP capacity."""
+    """One exact chain per group of clients over disjoint servers, plus spare CG-BP capacity.
+
+    With `shared_blocks` > 0, every client first goes through one shared chain holding blocks
+    [0, shared_blocks) for all sessions, and the groups' own chains hold the rest (the shape the
+    MILP finds on mixed pools: a big card shared, then one tail per client)."""
     n, n_blocks = len(problem.servers), problem.num_blocks
     sessions = requests_per_client(problem, concurrent_requests)
     tau = np.array([s.decode_s_per_block for s in problem.servers])
     free, left = set(range(n)), budget
     placement: dict[int, Placement] = {}
     routes: dict[str, tuple[str, ...]] = {}
-    for gi, group in enumerate(groups):
-        capacity = _capacity(problem, sum(sessions[c] for c in group))
-        weight = sum(problem.clients[c].weight for c in group)
-        rtt = np.array(
-            [
-                sum(problem.clients[c].weight * problem.link(c, j).rtt_s for c in group) / weight
-                for j in range(n)
-            ]
-        )
-        later = len(groups) - gi - 1  # keep at least one server for each later group
-        _, chain = best_dedicated_chain(n_blocks, capacity, rtt, tau, sorted(free), left - later)
-        if not chain:
-            return None
-        start, names = 0, []
+
+    def lay(chain: list[tuple[int, int]], start: int) -> list[str]:
+        names = []
         for j, k in sorted(chain):
             placement[j] = Placement(problem.servers[j].name, start, k)
             names.append(problem.servers[j].name)
             start += k
             free.discard(j)
+        return names
+
+    prefix: list[str] = []
+    if shared_blocks > 0:
+        everyone = range(len(problem.clients))
+        _, chain = best_dedicated_chain(
+            shared_blocks,
+            _capacity(problem, concurrent_requests),
+            _mean_rtt(problem, everyone),
+            tau,
+            sorted(free),
+            left - len(groups),
+        )
+        if not chain:
+            return None
+        prefix = lay(chain, 0)
+        left -= len(chain)
+    for gi, group in enumerate(groups):
+        capacity = _capacity(problem, sum(sessions[c] for c in group))
+        later = len(groups) - gi - 1  # keep at least one server for each later group
+        _, chain = best_dedicated_chain(
+            n_blocks - shared_blocks,
+            capacity,
+            _mean_rtt(problem, group),
+            tau,
+            sorted(free),
+            left - later,
+        )
+        if not chain:
+            return None
+        names = lay(chain, shared_blocks)
         left -= len(chain)
         for c in group:
-            routes[problem.clients[c].name] = tuple(names)
+            routes[problem.clients[c].name] = (*prefix, *names)
     if left > 0 and free:
         rest = restrict(problem, (problem.servers[j].name for j in sorted(free)))
         if left < len(free):
@@ -94,6 +126,67 @@ def dedicated_chains(
                 placement[problem.server_index(p.server)] = p
     ordered = tuple(placement[j] for j in sorted(placement))
     return plan_with_routes(problem, ordered, routes, concurrent_requests, SOLVER)
+
+
+def shared_then_dedicated(
+    problem: Problem,
+    concurrent_requests: int,
+    groups: Sequence[Sequence[int]],
+    budget: int,
+    splits: int = SPLITS_TRIED,
+) -> Plan | None:
+    """`dedicated_chains` with a shared first segment, at the `splits` most promising lengths:
+    estimated by one DP table per chain over the whole pool (servers not yet kept apart)."""
+    n_blocks, n = problem.num_blocks, len(problem.servers)
+    sessions = requests_per_client(problem, concurrent_requests)
+    tau = np.array([s.decode_s_per_block for s in problem.servers])
+    total_w = sum(c.weight for c in problem.clients)
+    everyone = range(len(problem.clients))
+    shared = chain_table(
+        n_blocks,
+        _capacity(problem, concurrent_requests),
+        _mean_rtt(problem, everyone),
+        tau,
+        range(n),
+        budget,
+    )
+    tails = [
+        (
+            sum(problem.clients[c].weight for c in g) / total_w,
+            chain_table(
+                n_blocks,
+                _capacity(problem, sum(sessions[c] for c in g)),
+                _mean_rtt(problem, g),
+                tau,
+                range(n),
+                budget,
+            ),
+        )
+        for g in groups
+    ]
+    estimate = [
+        shared.best_s(b) + sum(w * t.best_s(n_blocks - b) for w, t in tails)
+        for b in range(1, n_blocks)
+    ]
+    order = sorted((e, b) for b, e in enumerate(estimate, start=1) if math.isfinite(e))
+    best: Plan | None = None
+    for _, b in order[:splits]:
+        plan = dedicated_chains(problem, concurrent_requests, groups, budget, shared_blocks=b)
+        if plan is not None and (best is None or _per_token(plan) < _per_token(best)):
+            best = plan
+    return best
+
+
+def _mean_rtt(problem: Problem, clients: Iterable[int]) -> FloatArray:
+    """Each server's per-token RTT, weighted over these clients."""
+    group = list(clients)
+    weight = sum(problem.clients[c].weight for c in group)
+    return np.array(
+        [
+            sum(problem.clients[c].weight * problem.link(c, j).rtt_s for c in group) / weight
+            for j in range(len(problem.servers))
+        ]
+    )
 
 
 def _capacity(problem: Problem, sessions: int) -> list[int]:
@@ -179,6 +272,15 @@ def solve(
             len(problem.clients) == 1 and is_exhaustive(_capacity(problem, r)),
         )
         for g in _groupings(problem)
+    ]
+    makers += [
+        (
+            f"shared + chains x{len(g)}",
+            lambda g=g: shared_then_dedicated(problem, r, g, budget),  # type: ignore[misc]
+            False,
+        )
+        for g in _groupings(problem)
+        if len(g) > 1
     ]
     makers.append(("petals", lambda: _petals(floor_problem, r, seed), False))
     proven_s = math.inf  # a proven optimum in our objective (the DP's or the MILP's)

@@ -10,9 +10,11 @@ most `max_hops` servers. For one client it is the exact optimum of the whole pro
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from .paths import FloatArray
 
@@ -24,43 +26,78 @@ def is_exhaustive(capacity: Sequence[int]) -> bool:
     return sum(c > 0 for c in capacity) <= CANDIDATES
 
 
-def best_dedicated_chain(
+@dataclass(frozen=True)
+class ChainTable:
+    """The DP's table: `cost[h, b]` is the cheapest way to cover b blocks with h servers."""
+
+    cost: FloatArray  # one row (h not counted) when no bound on servers binds
+    choice: npt.NDArray[np.int32]  # [candidate, h, b]: blocks the candidate takes (0: none)
+    candidates: tuple[int, ...]
+
+    def best_s(self, blocks: int) -> float:
+        return float(np.min(self.cost[:, blocks])) if self.cost.size else math.inf
+
+    def chain(self, blocks: int) -> tuple[float, list[tuple[int, int]]]:
+        """The cheapest (server, blocks) list covering `blocks`; (inf, []) when none exists."""
+        if not self.cost.size:
+            return math.inf, []
+        h = int(np.argmin(self.cost[:, blocks]))
+        total = float(self.cost[h, blocks])
+        if not math.isfinite(total):
+            return math.inf, []
+        out: list[tuple[int, int]] = []
+        b = blocks
+        for i in range(len(self.candidates) - 1, -1, -1):
+            k = int(self.choice[i, h, b])
+            if k:
+                out.append((self.candidates[i], k))
+                h, b = (h - 1 if self.cost.shape[0] > 1 else 0), b - k
+        return total, out
+
+
+def chain_table(
     num_blocks: int,
     capacity: Sequence[int],
     per_hop_s: FloatArray,
     per_block_s: FloatArray,
-    allowed: Sequence[int],
+    allowed: Iterable[int],
     max_hops: int,
-) -> tuple[float, list[tuple[int, int]]]:
-    """The cheapest (server, blocks) list covering `num_blocks` from `allowed` servers, each taking
-    1..capacity[j] blocks at `per_hop_s[j] + per_block_s[j] * k`; (inf, []) when none exists."""
+) -> ChainTable:
+    """The DP over `allowed` servers, each taking 1..capacity[j] blocks at
+    `per_hop_s[j] + per_block_s[j] * k`, for every block count up to `num_blocks` at once."""
     usable = [j for j in allowed if capacity[j] > 0]
     usable.sort(key=lambda j: (per_block_s[j] + per_hop_s[j] / capacity[j], j))
     cands = usable[:CANDIDATES]
     hops = min(max_hops, len(cands), num_blocks)
     if hops < 1:
-        return math.inf, []
-    dp = np.full((hops + 1, num_blocks + 1), math.inf)
+        return ChainTable(np.zeros((0, 0)), np.zeros((0, 0, 0), dtype=np.int32), ())
+    # Without a binding bound on servers the hop count needs no axis of its own: one row.
+    counted = hops < min(len(cands), num_blocks)
+    rows = hops + 1 if counted else 1
+    dp = np.full((rows, num_blocks + 1), math.inf)
     dp[0, 0] = 0.0
-    choice = np.zeros((len(cands), hops + 1, num_blocks + 1), dtype=np.int32)
+    choice = np.zeros((len(cands), rows, num_blocks + 1), dtype=np.int32)
     for i, j in enumerate(cands):
         new = dp.copy()
+        src, dst, pick = (dp[:-1], new[1:], choice[i, 1:]) if counted else (dp, new, choice[i])
         for k in range(1, min(capacity[j], num_blocks) + 1):
-            cand = dp[:-1, : num_blocks + 1 - k] + (per_hop_s[j] + per_block_s[j] * k)
-            target = new[1:, k:]
+            cand = src[:, : num_blocks + 1 - k] + (per_hop_s[j] + per_block_s[j] * k)
+            target = dst[:, k:]
             better = cand < target
             target[better] = cand[better]  # a view: writes into `new`
-            choice[i, 1:, k:][better] = k
+            pick[:, k:][better] = k
         dp = new
-    h = int(np.argmin(dp[:, num_blocks]))
-    total = float(dp[h, num_blocks])
-    if not math.isfinite(total):
-        return math.inf, []
-    out: list[tuple[int, int]] = []
-    b = num_blocks
-    for i in range(len(cands) - 1, -1, -1):
-        k = int(choice[i, h, b])
-        if k:
-            out.append((cands[i], k))
-            h, b = h - 1, b - k
-    return total, out
+    return ChainTable(dp, choice, tuple(cands))
+
+
+def best_dedicated_chain(
+    num_blocks: int,
+    capacity: Sequence[int],
+    per_hop_s: FloatArray,
+    per_block_s: FloatArray,
+    allowed: Iterable[int],
+    max_hops: int,
+) -> tuple[float, list[tuple[int, int]]]:
+    """The cheapest (server, blocks) list covering `num_blocks`; (inf, []) when none exists."""
+    table = chain_table(num_blocks, capacity, per_hop_s, per_block_s, allowed, max_hops)
+    return table.chain(num_blocks)
