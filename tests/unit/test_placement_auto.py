@@ -22,8 +22,10 @@ from tessera.placement import (
     solve,
     validate,
 )
-from tessera.placement.evaluate import plan_with_routes
+from tessera.placement.evaluate import evaluate_placement, plan_with_routes
 from tessera.placement.generate import random_pool, random_small
+
+from .placement_helpers import GB, problem
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 pools = st.builds(
@@ -171,3 +173,16 @@ def test_a_spent_time_limit_returns_the_floor_it_always_computes_first() -> None
     assert hurried.statistics.chosen == "cg-bprr" and hurried.stats["candidates_tried"] == 1
     assert hurried.placement == cg.placement
     assert _per_token(solve(pool, "auto", time_limit_s=10)) < _per_token(hurried)
+
+
+def test_on_a_tie_auto_keeps_shorter_idle_chains_on_its_spare_servers() -> None:
+    # Six equal 8 GB servers, 10 blocks, |R| = 20: each holds 4 blocks for 20 sessions, so every
+    # plan's chain has 3 hops. Spare servers sized for 10 sessions hold 5: an idle 2-hop chain.
+    pool = problem([(f"s{i}", 8 * GB, 0.01) for i in range(6)], blocks=10, concurrent=20)
+    auto, cg = solve(pool, "auto", time_limit_s=10), solve(pool, "cg-bprr")
+    assert validate(pool, auto) == []
+    assert math.isclose(_per_token(auto), _per_token(cg), rel_tol=1e-9)
+    idle_auto = evaluate_placement(pool, auto.placement, 0, "x")
+    idle_cg = evaluate_placement(pool, cg.placement, 0, "x")
+    assert _per_token(idle_auto) < _per_token(idle_cg)
+    assert "spare" in (auto.statistics.chosen or "")

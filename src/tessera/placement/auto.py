@@ -1,14 +1,17 @@
 """`auto`: the best plan found within the time limit, never worse than CG-BPRR (its floor).
 
 Candidates, each checked by `validate` at the declared concurrency and scored by the predicted
-per-token time (client-weighted); the first best wins, so ties keep CG-BPRR:
+per-token time (client-weighted); on a tie, by the per-token time of the best chain an idle pool
+offers (what the online router gives while there is room); the first best wins, so full ties
+keep CG-BPRR:
 1. CG-BPRR on the servers it would use under the bound: the floor, and its Theorem 2 bound.
 2. Dedicated chains (chains.py): clients in groups (all together; each alone, in two orders; every
    split of up to 4 clients), each group's chain chosen exactly over the servers still free,
    sized for the group's own sessions rather than CG-BP's all-|R| count; then the same behind a
    shared first segment that carries every session. Servers left within the bound are placed by
-   CG-BP as spare capacity when they cover the model by themselves (the online router uses them
-   under load).
+   CG-BP as spare capacity when they cover the model by themselves, sized for |R| or, in a second
+   variant, for |R|/2: the planned chains still carry all |R|, and the spare servers' longer
+   ranges give the online router shorter chains (fewer hops) while they have room.
 3. PETALS, when its routes carry the declared concurrency.
 4. The best placement so far with its own shortest chains, when they fit.
 5. The exact MILP on small pools without a bound, with the time left, unless 2. already proved
@@ -48,12 +51,21 @@ def _per_token(plan: Plan) -> float:
 
 
 def _better(problem: Problem, plan: Plan, best: Plan) -> bool:
-    """Valid at the declared concurrency and clearly faster per token than the best so far."""
+    """Valid at the declared concurrency and clearly faster per token than the best so far; on a
+    tie, clearly faster for a request that finds the pool idle (the best chain over the whole
+    placement, memory aside): the online router takes such chains while they have room."""
     if not plan.feasible or validate(problem, plan):
         return False
-    return _per_token(plan) < _per_token(best) * (1 - MIN_GAIN) or not math.isfinite(
-        _per_token(best)
-    )
+    new, old = _per_token(plan), _per_token(best)
+    if not math.isfinite(old) or new < old * (1 - MIN_GAIN):
+        return True
+    if new > old * (1 + MIN_GAIN):
+        return False
+    return _idle_per_token(problem, plan) < _idle_per_token(problem, best) * (1 - MIN_GAIN)
+
+
+def _idle_per_token(problem: Problem, plan: Plan) -> float:
+    return _per_token(evaluate_placement(problem, plan.placement, 0, SOLVER))
 
 
 def dedicated_chains(
@@ -62,8 +74,11 @@ def dedicated_chains(
     groups: Sequence[Sequence[int]],
     budget: int,
     shared_blocks: int = 0,
+    spare_sessions: int | None = None,
 ) -> Plan | None:
-    """One exact chain per group of clients over disjoint servers, plus spare CG-BP capacity.
+    """One exact chain per group of clients over disjoint servers, plus spare CG-BP capacity
+    (sized for `spare_sessions` per block, default |R|: fewer give the spare servers longer
+    ranges, so shorter chains that the online router fills while they have room).
 
     With `shared_blocks` > 0, every client first goes through one shared chain holding blocks
     [0, shared_blocks) for all sessions, and the groups' own chains hold the rest (the shape the
@@ -120,7 +135,7 @@ def dedicated_chains(
         rest = restrict(problem, (problem.servers[j].name for j in sorted(free)))
         if left < len(free):
             rest = restrict(rest, fastest_servers(rest, concurrent_requests, left))
-        spare = cg_bprr.greedy_place(rest, concurrent_requests)
+        spare = cg_bprr.greedy_place(rest, spare_sessions or concurrent_requests)
         if spare is not None:
             for p in cg_bprr.placement_of(rest, spare):
                 placement[problem.server_index(p.server)] = p
@@ -272,6 +287,16 @@ def solve(
             len(problem.clients) == 1 and is_exhaustive(_capacity(problem, r)),
         )
         for g in _groupings(problem)
+    ]
+    loose = max(r // 2, 1)
+    makers += [
+        (
+            f"chains x{len(g)}, spare for {loose}",
+            lambda g=g: dedicated_chains(problem, r, g, budget, spare_sessions=loose),  # type: ignore[misc]
+            False,
+        )
+        for g in _groupings(problem)[:3]
+        if loose < r
     ]
     makers += [
         (
