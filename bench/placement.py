@@ -145,7 +145,7 @@ def auto_table(small: list[tuple[str, Problem]]) -> None:
     )
     head = (
         f"{'family':<10} {'problem':<28} {'cg ms/tok':>9} {'auto':>9} {'auto/cg':>7} "
-        f"{'GPUs cg':>7} {'auto':>5} {'auto s':>7} chosen"
+        f"{'GPUs cg':>7} {'auto':>5} {'auto s':>7} {'proven':>6} chosen"
     )
     print(head)
     print("-" * len(head))
@@ -170,9 +170,14 @@ def auto_table(small: list[tuple[str, Problem]]) -> None:
                 slow.append(f"{name}: {t_au:.1f} s")
             print(
                 f"{family:<10} {name:<28} {ms(cg)} {ms(au)} {shown} "
-                f"{len(cg.placement):>7} {len(au.placement):>5} {t_au:7.2f} {au.statistics.chosen}"
+                f"{len(cg.placement):>7} {len(au.placement):>5} {t_au:7.2f} "
+                f"{'yes' if au.statistics.proven_optimal else '-':>6} {au.statistics.chosen}"
             )
     every = [r for rs in ratios.values() for r in rs]
+    print(
+        "  (proven: auto's plan is the optimum of the plan's own figure: the exact chain search"
+        " with one client, or the MILP)"
+    )
     for family, rs in ratios.items():
         print(
             f"  {family:<10} median auto/cg {statistics.median(rs):.3f}, best {min(rs):.3f} ({len(rs)})"
