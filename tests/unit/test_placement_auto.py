@@ -22,8 +22,10 @@ from tessera.placement import (
     solve,
     validate,
 )
-from tessera.placement.evaluate import evaluate_placement, plan_with_routes
+from tessera.placement.evaluate import evaluate, evaluate_placement, plan_with_routes
 from tessera.placement.generate import random_pool, random_small
+from tessera.placement.replan import decide, ranges_of
+from tessera.placement.validate import memory_violations
 
 from .placement_helpers import GB, problem
 
@@ -186,3 +188,18 @@ def test_on_a_tie_auto_keeps_shorter_idle_chains_on_its_spare_servers() -> None:
     idle_cg = evaluate_placement(pool, cg.placement, 0, "x")
     assert _per_token(idle_auto) < _per_token(idle_cg)
     assert "spare" in (auto.statistics.chosen or "")
+
+
+def test_an_auto_plan_evaluated_from_its_ranges_alone_is_still_valid() -> None:
+    # What the operator does with a deployed plan: re-route from the ranges. The idle shortest
+    # chain (through the spare servers) has no room for all |R|; the evaluation finds one that has.
+    pool = problem([(f"s{i}", 8 * GB, 0.01) for i in range(6)], blocks=10, concurrent=20)
+    plan = solve(pool, "auto", time_limit_s=10)
+    shortest = evaluate_placement(pool, plan.placement, 0, "x")
+    assert memory_violations(pool, shortest, 20)
+    again = evaluate(pool, ranges_of(plan), 20, "auto (deployed)")
+    assert validate(pool, again) == []
+    assert math.isclose(_per_token(again), _per_token(plan), rel_tol=1e-9)
+    # So a fresh plan that is no faster does not move it (it did while the evaluation ignored memory).
+    kept = decide(pool, ranges_of(plan), solve(pool, "cg-bprr"), 0.1)
+    assert kept.moved is False and kept.reason.startswith("kept")

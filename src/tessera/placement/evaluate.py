@@ -4,12 +4,17 @@ amount to (predicted times from the performance model). Every caller that judges
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 
+import numpy as np
+
 from .cg_bprr import route_clients
 from .model import Placement, Plan, Problem
-from .perf import chain_hops, predicted_for
+from .paths import best_chain, build_graph, linear_costs
+from .perf import chain_hops, predicted_for, requests_per_client, server_slots
+from .validate import memory_violations
 
 Ranges = Mapping[str, tuple[int, int]]  # server -> (start, end)
 
@@ -57,12 +62,44 @@ def plan_with_routes(
     )
 
 
+def routes_within_memory(
+    problem: Problem, placement: tuple[Placement, ...], concurrent_requests: int
+) -> dict[str, tuple[str, ...]] | None:
+    """The cheapest chain of each client (heaviest first) among those whose hops still have KV room
+    for its sessions beside the clients routed before it; None when some client finds none."""
+    idx = {s.name: i for i, s in enumerate(problem.servers)}
+    graph = build_graph(problem.num_blocks, [(idx[p.server], p.start, p.blocks) for p in placement])
+    blocks = {p.server: p.blocks for p in placement}
+    slots = np.array(
+        [server_slots(problem, j, blocks[problem.servers[j].name]) for j in graph.servers],
+        dtype=np.float64,
+    )
+    tau = np.array([problem.servers[j].decode_s_per_block for j in graph.servers])
+    sessions = requests_per_client(problem, concurrent_requests)
+    order = sorted(range(len(problem.clients)), key=lambda c: (-sessions[c], c))
+    routes: dict[str, tuple[str, ...]] = {}
+    for c in order:
+        rtt = np.array([problem.link(c, j).rtt_s for j in graph.servers])
+        cost = linear_costs(graph, rtt, tau)
+        cost[sessions[c] * graph.k[None, :] > slots[:, None]] = math.inf  # no room for k blocks
+        _, hops = best_chain(graph, cost)
+        if not hops:
+            return None
+        for row, k in hops:
+            slots[row] -= sessions[c] * k
+        routes[problem.clients[c].name] = tuple(
+            problem.servers[graph.servers[r]].name for r, _ in hops
+        )
+    return routes
+
+
 def evaluate_placement(
     problem: Problem, placement: tuple[Placement, ...], concurrent_requests: int, solver: str
 ) -> Plan:
-    """The plan a placement amounts to: cheapest chain per client (CG-BPRR's routing), predicted
-    times. Infeasible, with the reason, when the ranges do not cover the model. Memory is the
-    caller's to check (`validate`), at whatever concurrency it serves."""
+    """The plan a placement amounts to: cheapest chain per client (CG-BPRR's routing) when those
+    fit in memory at this concurrency, else the cheapest chains that do (`routes_within_memory`),
+    with predicted times. Infeasible, with the reason, when the ranges do not cover the model.
+    The caller checks the result (`validate`): neither routing may fit."""
     missing = uncovered(problem.num_blocks, placement)
     if missing:
         return Plan(
@@ -72,7 +109,13 @@ def evaluate_placement(
             reason=f"blocks {missing[0]}..{missing[-1]} are on no server",
         )
     routes, _ = route_clients(problem, placement)
-    return plan_with_routes(problem, placement, routes, concurrent_requests, solver)
+    plan = plan_with_routes(problem, placement, routes, concurrent_requests, solver)
+    if not memory_violations(problem, plan, concurrent_requests):
+        return plan
+    fitting = routes_within_memory(problem, placement, concurrent_requests)
+    if fitting is None:
+        return plan
+    return plan_with_routes(problem, placement, fitting, concurrent_requests, solver)
 
 
 def evaluate(problem: Problem, ranges: Ranges, concurrent_requests: int, solver: str) -> Plan:
