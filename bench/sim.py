@@ -4,8 +4,8 @@
    < 30 s), a mixed pool of current cards serving a Llama-70B-class model, loaded so that requests
    do wait (|R| from the rate). The baseline, measured in the same run, is generating the arrivals
    plus routing each of them with no load at all (one WS-RR shortest chain per request, no cache).
-2. The paper's sweeps (section 9.5) on AboveNet, BellCanada and GTS-CE: servers, share of A100s,
-   request rate and output length, with the paper's defaults elsewhere (40% of nodes are servers,
+2. The paper's sweeps (section 9.5), every policy (`auto` beside `cg-bprr` and the PETALS ones)
+   on AboveNet, BellCanada and GTS-CE: servers, share of A100s, request rate and output length, with the paper's defaults elsewhere (40% of nodes are servers,
    20% of them A100, 0.5 req/s, 100 requests, 128 output tokens, 70 ms per-request delay, no
    60 s / 250 s allocation constants). Each cell is the mean over RUNS seeds (topology draw,
    arrivals and PETALS join order change together). Every policy sees the same arrivals.
@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 import random
+import statistics
 import time
 from typing import Any
 
@@ -127,6 +128,8 @@ def _sweeps() -> None:
     print("-" * len(head))
     cells = wins = 0
     losses: list[str] = []
+    auto_vs_cg: list[float] = []  # auto's online per-token time over cg-bprr's, per cell
+    auto_wins_petals = 0
     for param, per_topology in SWEEPS.items():
         for topology, values in per_topology.items():
             for value in values:
@@ -152,6 +155,10 @@ def _sweeps() -> None:
                     ratio = f"{theirs / ours:.2f}"
                 cells += 1
                 wins += verdict.startswith("yes")
+                if "auto" not in infeasible and "cg-bprr" not in infeasible:
+                    auto_vs_cg.append(totals["auto"] / ours)
+                if "auto" not in infeasible and ("petals" in infeasible or totals["auto"] < theirs):
+                    auto_wins_petals += 1
                 if verdict == "NO":
                     losses.append(f"{topology} {param}={value:g}: ours {ours:.3f} vs {theirs:.3f}")
                 print(
@@ -163,6 +170,13 @@ def _sweeps() -> None:
     print(f"product beats PETALS in {wins} of {cells} cells" + ("" if losses else ": every cell"))
     for loss in losses:
         print(f"  LOST: {loss}")
+    if auto_vs_cg:
+        auto_vs_cg.sort()
+        print(
+            f"auto (the default solver) beats PETALS in {auto_wins_petals} of {cells} cells; "
+            f"online auto/cg-bprr per-token: median {statistics.median(auto_vs_cg):.3f}, "
+            f"best {auto_vs_cg[0]:.3f}, worst {auto_vs_cg[-1]:.3f} over {len(auto_vs_cg)} cells"
+        )
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ PLURAL = "llmdeployments"
 SINGULAR = "llmdeployment"
 SHORT_NAMES = ("llmd",)
 
-Solver = Literal["cg-bprr", "petals", "milp"]
+Solver = Literal["auto", "cg-bprr", "petals", "milp"]
 Dtype = Literal["float32", "float16", "bfloat16"]
 Phase = Literal["Pending", "Planning", "Deploying", "Ready", "Degraded", "Failed"]
 PHASES: tuple[str, ...] = ("Pending", "Planning", "Deploying", "Ready", "Degraded", "Failed")
@@ -176,7 +176,7 @@ class NodePool(_Base):
 
 
 class PlacementSection(_Base):
-    solver: Solver = "cg-bprr"
+    solver: Solver = "auto"
     time_limit_seconds: float = Field(default=10.0, gt=0)
     seed: int = Field(default=0, ge=0)
     replan_threshold: float = Field(

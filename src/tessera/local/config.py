@@ -15,7 +15,6 @@ so.
 
 from __future__ import annotations
 
-from types import MappingProxyType
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -34,7 +33,7 @@ from tessera.placement import (
     Workload,
     validate,
 )
-from tessera.placement.cg_bprr import route_clients
+from tessera.placement.evaluate import evaluate_placement
 from tessera.placement.perf import chain_hops, predicted_for
 
 CPU_BYTES_PER_S = 6e9  # effective weight streaming rate of one core in a decode step (measured)
@@ -50,7 +49,7 @@ TYPICAL_PROMPT_TOKENS = 32
 
 
 def _bytes(value: Any) -> int:
-    from tessera.cli.sizes import parse_bytes  # the same parser as `--memory-bytes`
+    from tessera.units import parse_bytes  # the same parser as `--memory-bytes`
 
     return parse_bytes("memory", value)
 
@@ -105,7 +104,7 @@ class LocalConfig(_Strict):
     model: ModelIn
     workload: WorkloadIn
     nodes: list[NodeIn] = Field(min_length=1)
-    solver: str = "cg-bprr"
+    solver: str = "auto"
     threads_per_worker: int = Field(default=1, gt=0)
     # Pad every batched forward so that an answer never depends on the load (needs one thread
     # per worker; a lone session gets about 2x slower, batches of 8 or more are unaffected).
@@ -146,15 +145,10 @@ def pinned_plan(cfg: LocalConfig, problem: Problem) -> Plan | None:
                 f"nodes.{node.name}.blocks", f"need 0 <= START < END <= {problem.num_blocks}"
             )
         placement.append(Placement(node.name, a, b - a))
-    routes, hops = route_clients(problem, tuple(placement))
-    plan = Plan(
-        "pinned",
-        True,
-        tuple(placement),
-        MappingProxyType(routes),
-        predicted_for(problem, hops, None),
-        MappingProxyType({"concurrent_requests": problem.workload.concurrent_requests}),
-    )
+    concurrency = problem.workload.concurrent_requests or 1
+    plan = evaluate_placement(problem, tuple(placement), concurrency, "pinned")
+    if not plan.feasible:
+        raise Infeasible(f"the pinned blocks do not make a valid plan: {plan.reason}")
     errors = validate(problem, plan)
     if errors:
         raise Infeasible(f"the pinned blocks do not make a valid plan: {'; '.join(errors)}")

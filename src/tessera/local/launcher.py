@@ -200,7 +200,7 @@ class Launcher:
     # --- run ----------------------------------------------------------------------------------
     def run(self) -> int:
         problem, plan = self.plan()
-        from tessera.cli.plan import render_table
+        from tessera.placement.report import render_table
 
         self.out(plan_summary(render_table(problem, plan, None), problem, plan))
         self.out("")

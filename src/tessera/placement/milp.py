@@ -1,6 +1,6 @@
 """The exact BPRR MILP (paper section 3.2, (13a)-(13f) with the linearisation (9)-(12)), on pulp + CBC.
 
-The only module that imports pulp (and its CBC binary package, cbcbox). Requests of one client are interchangeable, and a plan gives
+The only module that imports pulp (and its CBC binary package, cbcbox), and only when it solves. Requests of one client are interchangeable, and a plan gives
 one chain per client (placement-contract.md), so flows are indexed by client and weighted by its
 number of requests n_c: this is the paper's MILP with the constraint that a client's requests
 share a chain, and it is identical to it when every client sends one request.
@@ -17,8 +17,6 @@ import time
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
-
-import pulp
 
 from . import cg_bprr
 from .model import Placement, Plan, Problem
@@ -46,6 +44,8 @@ def _edges(n_servers: int) -> list[tuple[str | int, str | int]]:
 def solve(problem: Problem, concurrent_requests: int, time_limit_s: float) -> MilpResult:
     if time_limit_s <= 0:
         raise ValueError("time_limit_s must be positive")
+    import pulp  # here, not at the top: the router and the operator import placement, never a solver
+
     n, big_l = len(problem.servers), problem.num_blocks
     s_c = problem.session_bytes_per_block
     units = [
@@ -184,6 +184,8 @@ def solve(problem: Problem, concurrent_requests: int, time_limit_s: float) -> Mi
 
 def _cbc(time_limit_s: float, warm_start: bool) -> Any:
     """CBC from `pulp[cbc]` (cbcbox), the packaging PuLP 4 keeps; PuLP's own bundled CBC otherwise."""
+    import pulp
+
     try:
         import cbcbox
     except ImportError:

@@ -70,6 +70,7 @@ class Problem:
     links: tuple[Link, ...]
     # Derived lookups, built once; (client index, server index) -> link.
     _link_index: Mapping[tuple[int, int], Link] = field(init=False, repr=False, compare=False)
+    _server_index: Mapping[str, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         s_idx = {s.name: i for i, s in enumerate(self.servers)}
@@ -80,6 +81,10 @@ class Problem:
             if lk.client in c_idx and lk.server in s_idx
         }
         object.__setattr__(self, "_link_index", MappingProxyType(index))
+        first: dict[str, int] = {}
+        for i, s in enumerate(self.servers):
+            first.setdefault(s.name, i)  # the first of a repeated name, as a scan would find
+        object.__setattr__(self, "_server_index", MappingProxyType(first))
 
     @property
     def num_blocks(self) -> int:
@@ -95,10 +100,7 @@ class Problem:
         return self._link_index[(client, server)]
 
     def server_index(self, name: str) -> int:
-        for i, s in enumerate(self.servers):
-            if s.name == name:
-                return i
-        raise KeyError(name)
+        return self._server_index[name]  # KeyError for an unknown server, as before
 
     def with_concurrency(self, concurrent_requests: int) -> Problem:
         w = self.workload
@@ -141,3 +143,55 @@ class Plan:
             if p.server == server:
                 return p
         return None
+
+    @property
+    def statistics(self) -> SolveStats:
+        """`stats`, typed (the mapping is what the plan file carries; read this one)."""
+        return SolveStats.of(self.stats)
+
+
+def _opt_float(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+@dataclass(frozen=True)
+class SolveStats:
+    """What the solvers report about a plan. Every solver fills the first block; the rest is
+    `None` where a solver does not apply (`chosen`, `cg_bprr_per_token_s` for auto; `milp_*`,
+    `fallback` for the MILP)."""
+
+    concurrent_requests: int | None = None  # the |R| the plan carries (validated at)
+    concurrent_requests_source: str = ""
+    wall_s: float | None = None
+    proven_optimal: bool = False
+    servers_used: int | None = None  # GPUs that hold blocks
+    max_servers: int | None = None  # the bound it was solved under
+    chosen: str | None = None  # auto: which candidate won
+    cg_bprr_per_token_s: float | None = None  # auto: its floor on the same pool
+    milp_status: str | None = None
+    milp_sol_status: str | None = None
+    fallback: str | None = None
+
+    @staticmethod
+    def of(stats: Mapping[str, Any]) -> SolveStats:
+        def opt_int(key: str) -> int | None:
+            v = stats.get(key)
+            return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+        def opt_str(key: str) -> str | None:
+            v = stats.get(key)
+            return v if isinstance(v, str) else None
+
+        return SolveStats(
+            concurrent_requests=opt_int("concurrent_requests"),
+            concurrent_requests_source=opt_str("concurrent_requests_source") or "",
+            wall_s=_opt_float(stats.get("wall_s")),
+            proven_optimal=stats.get("proven_optimal") is True,
+            servers_used=opt_int("servers_used"),
+            max_servers=opt_int("max_servers"),
+            chosen=opt_str("chosen"),
+            cg_bprr_per_token_s=_opt_float(stats.get("cg_bprr_per_token_s")),
+            milp_status=opt_str("milp_status"),
+            milp_sol_status=opt_str("milp_sol_status"),
+            fallback=opt_str("fallback"),
+        )

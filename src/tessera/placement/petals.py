@@ -23,6 +23,7 @@ from types import MappingProxyType
 import numpy as np
 
 from .catalog import MODELS
+from .evaluate import uncovered
 from .model import Placement, Plan, Problem
 from .paths import ChainGraph, FloatArray, best_chain, build_graph, linear_costs
 from .perf import predicted_for
@@ -142,12 +143,8 @@ def route_clients(
 
 def solve(problem: Problem, concurrent_requests: int, params: PetalsParams) -> Plan:
     placement = place(problem, params)
-    covered = [False] * problem.num_blocks
-    for p in placement:
-        for b in range(p.start, p.end):
-            covered[b] = True
-    if not all(covered):
-        missing = [b for b, ok in enumerate(covered) if not ok]
+    missing = uncovered(problem.num_blocks, placement)
+    if missing:
         return Plan(
             SOLVER,
             False,

@@ -89,9 +89,10 @@ def block_sessions(problem: Problem, plan: Plan, concurrent_requests: int) -> di
 
 def memory_violations(problem: Problem, plan: Plan, concurrent_requests: int) -> list[str]:
     errors = []
+    held = {p.server: p.blocks for p in plan.placement}
     for name, sessions in block_sessions(problem, plan, concurrent_requests).items():
         server = problem.servers[problem.server_index(name)]
-        blocks = next(p.blocks for p in plan.placement if p.server == name)
+        blocks = held[name]
         need = memory_bytes(problem, blocks, sessions)
         if need > server.memory_bytes:
             errors.append(
@@ -124,8 +125,8 @@ def validate(problem: Problem, plan: Plan) -> list[str]:
     errors = _routes(problem, plan, placed)
     if errors:
         return errors
-    concurrency = plan.stats.get("concurrent_requests")
-    if not isinstance(concurrency, int) or concurrency < 0:
+    concurrency = plan.statistics.concurrent_requests
+    if concurrency is None or concurrency < 0:
         return ["stats.concurrent_requests: the plan must say which concurrency it was built for"]
     errors += memory_violations(problem, plan, concurrency)
     hops = [chain_hops(problem, placed, plan.routes[c.name]) for c in problem.clients]

@@ -28,6 +28,7 @@ from .metrics import Summary, per_token_times  # noqa: E402
 from .run import PolicyRun  # noqa: E402
 
 POLICY_COLOURS = {
+    "auto": "#17becf",
     "cg-bprr": "#1f77b4",
     "petals": "#d62728",
     "petals-opt-order": "#ff7f0e",
@@ -36,6 +37,7 @@ POLICY_COLOURS = {
 }
 # Distinct dashes too, so that policies with identical results still show as separate lines.
 POLICY_STYLES = {
+    "auto": "-",
     "cg-bprr": "-",
     "petals": "-",
     "petals-opt-order": "--",

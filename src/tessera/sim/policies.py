@@ -1,8 +1,10 @@
 """The policies the simulator compares: a placement, a KV capacity per server, a routing rule.
 
-- `cg-bprr` (the product): CG-BPRR placement for the design |R|; every byte beside the weights is
-  KV cache (`perf.server_slots`); WS-RR routing on live state; a request starts exactly when its
-  chain has room (our router queues it).
+- `cg-bprr` (the paper's algorithm): CG-BPRR placement for the design |R|; every byte beside the
+  weights is KV cache (`perf.server_slots`); WS-RR routing on live state; a request starts
+  exactly when its chain has room (our router queues it).
+- `auto` (the product's default): the `auto` solver's placement for the design |R|, with the
+  same KV capacity, routing and queueing as `cg-bprr`.
 - `petals`: PETALS placement (seeded random join order) with its fixed KV pool
   (`petals.cache_slots`); PETALS routing (+10 s weight for a server without free cache); a request
   that finds no room retries with exponential backoff (1, 2, 4 ... <= 60 s).
@@ -20,8 +22,18 @@ from typing import Literal
 
 from tessera.errors import InvalidInput
 from tessera.placement import Placement, Problem, cg_bprr, perf, petals, solve
+from tessera.placement.evaluate import uncovered
 
-POLICIES = ("cg-bprr", "petals", "petals-opt-order", "petals-opt-number", "petals-ws-rr")
+POLICIES = (
+    "auto",
+    "cg-bprr",
+    "petals",
+    "petals-opt-order",
+    "petals-opt-number",
+    "petals-ws-rr",
+)
+PRODUCT = ("auto", "cg-bprr")  # placed by our solvers: KV capacity is all memory beside weights
+AUTO_TIME_LIMIT_S = 10.0  # auto's anytime limit in the simulator (what the operator defaults to)
 Routing = Literal["ws-rr", "petals"]
 
 
@@ -40,11 +52,7 @@ class Policy:
 
 
 def _covered(problem: Problem, placement: tuple[Placement, ...]) -> str:
-    held = [False] * problem.num_blocks
-    for p in placement:
-        for b in range(p.start, p.end):
-            held[b] = True
-    missing = [b for b, ok in enumerate(held) if not ok]
+    missing = uncovered(problem.num_blocks, placement)
     if not missing:
         return ""
     return f"blocks {missing[0]}..{missing[-1]} are on no server"
@@ -77,8 +85,8 @@ def build_policy(
         )
     index = {s.name: j for j, s in enumerate(problem.servers)}
     sized = problem.with_concurrency(concurrent_requests)
-    if name == "cg-bprr":
-        plan = solve(sized, "cg-bprr")
+    if name in PRODUCT:
+        plan = solve(sized, "auto" if name == "auto" else "cg-bprr", time_limit_s=AUTO_TIME_LIMIT_S)
         if not plan.feasible:
             return Policy(
                 name, False, concurrent_requests=concurrent_requests, reason=plan.reason or ""
