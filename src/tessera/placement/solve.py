@@ -39,8 +39,26 @@ def choose_concurrency(problem: Problem) -> tuple[int, str]:
     return chosen, f"auto: lambda*T1 = {load:.3g}, mean + 1 sd = {wanted}, feasibility cap {r_max}"
 
 
+def _fastest(problem: Problem, max_servers: int) -> Problem:
+    """The problem with only its `max_servers` fastest servers (temporary: see issue 11)."""
+    ranked = sorted(problem.servers, key=lambda s: (s.decode_s_per_block, -s.memory_bytes, s.name))
+    keep = {s.name for s in ranked[:max_servers]}
+    return Problem(
+        problem.model,
+        problem.workload,
+        tuple(s for s in problem.servers if s.name in keep),
+        problem.clients,
+        tuple(lk for lk in problem.links if lk.server in keep),
+    )
+
+
 def solve(
-    problem: Problem, solver: SolverName = "cg-bprr", *, seed: int = 0, time_limit_s: float = 60.0
+    problem: Problem,
+    solver: SolverName = "cg-bprr",
+    *,
+    seed: int = 0,
+    time_limit_s: float = 60.0,
+    max_servers: int | None = None,
 ) -> Plan:
     if solver not in SOLVERS:
         raise InvalidInput(
@@ -48,6 +66,11 @@ def solve(
         )
     if time_limit_s <= 0:
         raise InvalidInput("time_limit", "must be a positive number of seconds")
+    if max_servers is not None:
+        if max_servers < 1:
+            raise InvalidInput("max_servers", "must be at least 1")
+        if len(problem.servers) > max_servers:
+            problem = _fastest(problem, max_servers)
     t0 = time.perf_counter()
     concurrency, how = choose_concurrency(problem)
     if solver == "cg-bprr":
