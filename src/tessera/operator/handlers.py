@@ -31,7 +31,7 @@ from tessera.api.crd import GROUP, PLURAL, VERSION
 from tessera.errors import Infeasible, InvalidInput
 
 from . import inventory, manifests, status
-from .kube import Kube
+from .kube import Kube, Rejected
 from .reconcile import (
     PlanCache,
     Settings,
@@ -192,9 +192,10 @@ def run(namespace: str, name: str) -> None:
                 with STATE.guard:
                     STATE.soon.add((namespace, name))
         except (InvalidInput, Infeasible) as exc:
-            reason = "InvalidSpec" if isinstance(exc, InvalidInput) else "Infeasible"
-            if report_failure(kube, body, reason, str(exc), _now()):
-                emit("Warning", reason, str(exc))  # once per new failure, not per resync
+            reason = "Infeasible" if isinstance(exc, Infeasible) else "InvalidSpec"
+            if isinstance(exc, Rejected):  # the API server refused an object built from the spec
+                reason = "Rejected"
+            _fail(kube, body, reason, str(exc), emit)
             raise kopf.PermanentError(str(exc)) from None
         except ApiException as exc:
             if exc.status == 404 and kube.get_llmd(namespace, name) is None:
@@ -204,6 +205,19 @@ def run(namespace: str, name: str) -> None:
                     f"API {exc.status}: {exc.reason}", delay=RETRY_S
                 ) from None
             raise
+        except Exception as exc:  # a bug (e.g. in a solver): this CR fails, the others go on
+            log.exception("reconcile of %s/%s failed", namespace, name)
+            _fail(kube, body, "InternalError", f"{type(exc).__name__}: {exc}", emit)
+            raise kopf.PermanentError(f"{type(exc).__name__}: {exc}") from None
+
+
+def _fail(kube: Kube, body: Mapping[str, Any], reason: str, message: str, emit: Any) -> None:
+    """Failed in the status, and a Warning Event once per new failure (not per resync)."""
+    try:
+        if report_failure(kube, body, reason, message, _now()):
+            emit("Warning", reason, message)
+    except ApiException as exc:
+        log.warning("status of %s not written: API %s", body["metadata"]["name"], exc.status)
 
 
 def _run_quietly(namespace: str, name: str) -> None:
@@ -214,6 +228,8 @@ def _run_quietly(namespace: str, name: str) -> None:
         pass  # reported in the status and as an Event
     except kopf.TemporaryError as exc:
         log.warning("reconcile of %s/%s deferred to the resync: %s", namespace, name, exc)
+    except Exception:  # one CR's failure never stops the others' reconcile
+        log.exception("reconcile of %s/%s failed", namespace, name)
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)
