@@ -9,9 +9,8 @@ as in Kubernetes; units are in the names (Bytes, Seconds). Unknown fields are re
 from __future__ import annotations
 
 import copy
-from typing import Any, Literal
-
 import ipaddress
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
@@ -90,7 +89,7 @@ class ModelSource(_Base):
         default="",
         max_length=MAX_REFERENCE,
         pattern=r"^\S*$",
-        description="sub-directory or file inside the pvc or image (default: its root)"
+        description="sub-directory or file inside the pvc or image (default: its root)",
     )
 
     @model_validator(mode="after")
@@ -124,7 +123,10 @@ class Architecture(_Base):
         default=None, ge=1, le=MAX_BYTES, description="KV cache of one block for one token"
     )
     params_per_block: int | None = Field(
-        default=None, ge=1, le=MAX_BYTES, description="for built-in GPU cost estimates (default: from bytes)"
+        default=None,
+        ge=1,
+        le=MAX_BYTES,
+        description="for built-in GPU cost estimates (default: from bytes)",
     )
 
     @model_validator(mode="after")
@@ -157,10 +159,16 @@ class Workload(_Base):
         default=512, ge=1, le=MAX_TOKENS, description="longest answer served"
     )
     concurrent_requests: int | None = Field(
-        default=None, ge=1, le=MAX_SESSIONS, description="sessions that must fit at once (default 1)"
+        default=None,
+        ge=1,
+        le=MAX_SESSIONS,
+        description="sessions that must fit at once (default 1)",
     )
     arrival_rate_per_second: float | None = Field(
-        default=None, gt=0, le=MAX_ARRIVAL_PER_S, description="choose concurrentRequests from this rate instead"
+        default=None,
+        gt=0,
+        le=MAX_ARRIVAL_PER_S,
+        description="choose concurrentRequests from this rate instead",
     )
 
 
