@@ -30,7 +30,7 @@ from kubernetes.client.exceptions import ApiException
 from tessera.api.crd import GROUP, PLURAL, VERSION
 from tessera.errors import Infeasible, InvalidInput
 
-from . import inventory, manifests, status
+from . import inventory, manifests, peering, status
 from .kube import Kube, Rejected
 from .reconcile import (
     PlanCache,
@@ -67,6 +67,8 @@ class _State:
     nodes: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     children: dict[tuple[str, str], bool] = field(default_factory=dict)
     guard: threading.Lock = field(default_factory=threading.Lock)
+    peering: peering.Peering | None = None  # set by `tessera operator --peering`; None: alone
+    leading: bool = True
 
 
 STATE = _State()
@@ -139,6 +141,8 @@ async def _resync_loop() -> None:
         full = loop.time() - last_full >= resync_s - tick_s / 2
         if full:
             last_full = loop.time()
+        if not await loop.run_in_executor(None, _may_write):
+            continue  # another replica leads: kopf has paused our handlers, the loop waits too
         with STATE.guard:
             keys, STATE.soon = STATE.soon, set()
         try:
@@ -149,6 +153,25 @@ async def _resync_loop() -> None:
                 STATE.soon |= keys
         except Exception:  # a bug must not end the loop (and with it every resync) silently
             log.exception("resync failed")
+
+
+def _may_write() -> bool:
+    me = STATE.peering
+    if me is None:
+        return True
+    now = datetime.datetime.now(datetime.UTC)
+    try:
+        lead = all(
+            peering.leading(_kube().peering_status(me.name, ns), me.priority, now)
+            for ns in me.namespaces or (None,)
+        )
+    except ApiException as exc:
+        log.warning("peering %s not read: API %s", me.name, exc.status)
+        lead = False
+    if lead != STATE.leading:
+        log.info("resync %s", "resumed: this operator leads" if lead else "paused: another leads")
+        STATE.leading = lead
+    return lead
 
 
 def _resync(keys: set[tuple[str, str]], full: bool) -> None:

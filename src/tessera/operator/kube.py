@@ -19,6 +19,7 @@ from kubernetes.client.exceptions import ApiException
 from tessera.api.crd import GROUP, PLURAL, VERSION
 from tessera.errors import InvalidInput
 
+from . import peering
 from .manifests import DEPLOYMENT_LABEL, MANAGED_BY, MANAGED_BY_LABEL
 
 MERGE = "application/merge-patch+json"
@@ -169,6 +170,33 @@ class Kube:
                     why = c.get("message") or c.get("reason") or "not scheduled"
                     out.append((str(pod["metadata"]["name"]), str(why)))
         return sorted(out)
+
+    def peering_status(self, name: str, namespace: str | None) -> dict[str, Any]:
+        """The peer records of kopf's peering object (empty when it does not exist)."""
+        try:
+            if namespace is None:
+                resp = self.custom.get_cluster_custom_object(
+                    peering.GROUP,
+                    peering.VERSION,
+                    peering.CLUSTER_PLURAL,
+                    name,
+                    _preload_content=False,
+                )
+            else:
+                resp = self.custom.get_namespaced_custom_object(
+                    peering.GROUP,
+                    peering.VERSION,
+                    namespace,
+                    peering.NAMESPACED_PLURAL,
+                    name,
+                    _preload_content=False,
+                )
+        except ApiException as exc:
+            if exc.status == 404:
+                return {}
+            raise
+        status: dict[str, Any] = _json(resp).get("status") or {}
+        return status
 
     # ---- writes ----
     def apply(self, obj: dict[str, Any], existing: Mapping[str, Any] | None) -> bool:
