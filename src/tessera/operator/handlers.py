@@ -65,7 +65,11 @@ class _State:
     resync_task: asyncio.Task[None] | None = None
     slots: dict[tuple[str, str], _Slot] = field(default_factory=dict)
     nodes: dict[str, tuple[Any, ...]] = field(default_factory=dict)
-    children: dict[tuple[str, str], bool] = field(default_factory=dict)
+    # (ready, generation) of each child Deployment: a spec edit bumps the generation.
+    children: dict[tuple[str, str], tuple[bool, Any]] = field(default_factory=dict)
+    # One pass at a time across LLMDeployments: each plans with the GPUs the others hold, so
+    # two passes in parallel could both count the same free GPU.
+    planning: threading.Lock = field(default_factory=threading.Lock)
     guard: threading.Lock = field(default_factory=threading.Lock)
     peering: peering.Peering | None = None  # set by `tessera operator --peering`; None: alone
     leading: bool = True
@@ -208,10 +212,13 @@ def run(namespace: str, name: str) -> None:
                 )
 
         try:
-            new_status = reconcile(
-                kube, body, settings_from_env(), STATE.cache, _now(), emit, STATE.tokens
-            )
-            if status.waiting_for_keys(new_status):
+            with STATE.planning:
+                new_status = reconcile(
+                    kube, body, settings_from_env(), STATE.cache, _now(), emit, STATE.tokens
+                )
+            # Re-check soon while waiting for keys or for stage pods (a pod the scheduler
+            # cannot place shows up in the status without a watch on every pod).
+            if status.waiting_for_keys(new_status) or new_status.get("phase") == "Deploying":
                 with STATE.guard:
                     STATE.soon.add((namespace, name))
         except (InvalidInput, Infeasible) as exc:
@@ -303,7 +310,7 @@ def on_child(body: kopf.Body, namespace: str | None, name: str, **kwargs: Any) -
     owner = (body.get("metadata", {}).get("labels") or {}).get(manifests.DEPLOYMENT_LABEL)
     if owner is None:
         return
-    print_ = is_ready(body)
+    print_ = (is_ready(body), body.get("metadata", {}).get("generation"))
     key = (namespace or "default", name)
     with STATE.guard:
         old = STATE.children.get(key)
@@ -311,7 +318,8 @@ def on_child(body: kopf.Body, namespace: str | None, name: str, **kwargs: Any) -
             STATE.children.pop(key, None)
         else:
             STATE.children[key] = print_
-    # Our own creates and patches are not news; readiness changes and deletions are.
+    # Our own creates are not news; readiness changes, spec edits (ours are undone at once:
+    # the next pass finds no drift and writes nothing) and deletions are.
     if event_type in (None, "ADDED") or (event_type == "MODIFIED" and old in (None, print_)):
         return
     _run_quietly(key[0], owner)
