@@ -239,7 +239,7 @@ def test_a_restart_after_dying_mid_create_completes_the_plan(cluster: Cluster) -
         st = _planned(cluster, "k1")
     assert runner.exception is None, runner.output
     # As if the operator had been killed after writing the status and some of the children.
-    doomed = sorted(_stages(cluster, "k1"))[1:]
+    doomed = sorted(_stages(cluster, "k1"))[-1:]  # the rest still serve: nothing forces a move
     for name in doomed:
         cluster.apps.delete_namespaced_deployment(name, NS)
     assert len(_stages(cluster, "k1")) < st["stages"]
