@@ -119,6 +119,8 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         STATE.slots.clear()
         STATE.soon.clear()
         STATE.tokens = TokenMemo()
+        STATE.planning = threading.Lock()  # not one a previous run's stray pass still holds
+        STATE.leading = True
 
 
 @kopf.on.startup()
