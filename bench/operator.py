@@ -8,6 +8,12 @@ Measures, with the real operator (KopfRunner) and a pool of 50 GPU nodes:
 Baseline, same run: one Deployment POST + GET round trip through the same client and server
 (the API floor); the ratio says how many such round trips each figure costs.
 
+At scale (issue 10), emulator in its own process, 1,000 GPU nodes of 6 GPUs (6,000 GPUs):
+- create: CR applied -> every stage Deployment created and phase Deploying. Target < 10 s. The
+  number of stages for the workload is printed against the pool's size.
+- node loss: a node holding a stage deleted -> a plan without it published. Target < 2 s.
+- resident memory of the bench process (operator + this client), peak. Target < 300 MB.
+
 Setups, same run: the headline runs the emulator in its own process (a real API server does not
 share the operator's GIL) keeping no request history; two comparison rows run it in the
 operator's process, with no request history and with kmock's unbounded one (the issue-5 setup:
@@ -177,6 +183,90 @@ def _one_run(emulator: str = "process") -> tuple[float, float, float, int]:
         return create_s, replan_s, baseline, stages
 
 
+SCALE_NODES, SCALE_GPUS = 1000, 6
+
+
+def _scale_node(i: int) -> dict[str, Any]:
+    node = _node(i)
+    node["metadata"]["name"] = f"gpu-{i:04d}"
+    node["status"]["allocatable"] = {"nvidia.com/gpu": str(SCALE_GPUS)}
+    return node
+
+
+def _scale_run() -> tuple[float, float, int, float]:
+    """(create s, node loss s, stages, peak RSS MB) at 1,000 nodes."""
+    import resource
+
+    import kubernetes
+    import yaml
+    from k8s_emulator import EmulatorProcess, write_kubeconfig
+    from kopf.testing import KopfRunner
+
+    with EmulatorProcess() as srv, tempfile.TemporaryDirectory() as tmp:
+        cfg = pathlib.Path(tmp) / "kubeconfig"
+        write_kubeconfig(cfg, srv.url)
+        os.environ["KUBECONFIG"] = str(cfg)
+        os.environ["TESSERA_RESYNC_SECONDS"] = "3600"
+        kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION = str(cfg)
+        kubernetes.config.load_kube_config(config_file=str(cfg))
+        crd = yaml.safe_load((ROOT / "crds" / "llmdeployment.yaml").read_text())
+        kubernetes.client.ApiextensionsV1Api().create_custom_resource_definition(crd)
+        core, apps = kubernetes.client.CoreV1Api(), kubernetes.client.AppsV1Api()
+        custom = kubernetes.client.CustomObjectsApi()
+        for i in range(SCALE_NODES):
+            core.create_node(_scale_node(i))
+
+        def status() -> dict[str, Any]:
+            body = custom.get_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "bench")
+            return body.get("status") or {}
+
+        def deploying() -> dict[str, Any] | None:
+            st = status()
+            if st.get("phase") != "Deploying" or not st.get("stages"):
+                return None
+            stages = [
+                d
+                for d in apps.list_namespaced_deployment(NS).items
+                if (d.metadata.labels or {}).get("app.kubernetes.io/component") == "stage"
+            ]
+            return st if len(stages) == st["stages"] else None
+
+        args = ["run", "-A", "--standalone", "--quiet", "-m", "tessera.operator.handlers"]
+        with KopfRunner(args, timeout=60) as runner:
+            time.sleep(2.0)  # let the operator list the 1,000 nodes (not part of the figure)
+            t0 = time.perf_counter()
+            custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, CR)
+            st = _wait(deploying, timeout_s=120)
+            create_s = time.perf_counter() - t0
+            stages = int(st["stages"])
+            victim = st["plan"]["stages"][0]["node"]
+            net = kubernetes.client.NetworkingV1Api()
+            _wait(  # the pass is over: its last write is the router NetworkPolicy
+                lambda: any(
+                    p.metadata.name == "bench-router"
+                    for p in net.list_namespaced_network_policy(NS).items
+                ),
+                timeout_s=120,
+            )
+            time.sleep(0.5)
+            t0 = time.perf_counter()
+            core.delete_node(victim)
+
+            def replanned() -> bool:
+                s = status()
+                if any(x["node"] == victim for x in s.get("plan", {}).get("stages", [])):
+                    return False
+                cm = core.read_namespaced_config_map("bench-plan", NS)
+                return victim not in cm.data["endpoints.json"]
+
+            _wait(replanned, timeout_s=60)
+            loss_s = time.perf_counter() - t0
+        if runner.exception is not None:
+            raise runner.exception
+        rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+        return create_s, loss_s, stages, rss_mb
+
+
 def _compute_only() -> tuple[float, int]:
     """Inventory + solve + build for the same pool, no API: the operator's own share."""
     from tessera.operator import inventory, manifests
@@ -198,7 +288,7 @@ def _compute_only() -> tuple[float, int]:
     ]
     objs += [manifests.stage_service(owner, p.server) for p in plan.placement]
     objs.append(manifests.plan_configmap(owner, inv.problem, plan))
-    objs.append(manifests.router_deployment(owner, spec, images, "h", "z", "zone-0"))
+    objs.append(manifests.router_deployment(owner, spec, images, "z", "zone-0"))
     objs.append(manifests.router_service(owner))
     objs.append(manifests.worker_token_secret(owner, "token"))
     objs.append(manifests.stage_network_policy(owner, spec))
@@ -211,6 +301,17 @@ def main() -> None:
 
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     logging.getLogger("kopf").setLevel(logging.WARNING)
+    create, loss, stages, rss = _scale_run()
+    gpus = SCALE_NODES * SCALE_GPUS
+    print(f"scale: {SCALE_NODES} nodes, {gpus} GPUs; {stages} stages planned (maxGPUs default)")
+    print(f"{'figure':<44}{'value':>10}{'target':>10}{'met':>6}")
+    for label, value, target in (
+        ("CR -> all stage Deployments, Deploying (s)", create, 10.0),
+        ("node lost -> new plan published (s)", loss, 2.0),
+        ("peak RSS, operator + bench client (MB)", rss, 300.0),
+    ):
+        print(f"{label:<44}{value:>10.2f}{target:>10.1f}{'yes' if value < target else 'NO':>6}")
+    print()
     results = {}
     for label, (emulator, repeats) in SETUPS.items():
         runs = [_one_run(emulator) for _ in range(repeats)]

@@ -85,16 +85,25 @@ def test_rendered_objects_are_valid_kubernetes(values: list[str]) -> None:
         elif doc["kind"] == "ServiceMonitor":  # a Prometheus Operator CRD: check what we rely on
             assert doc["spec"]["endpoints"][0]["port"] == "http"
             assert doc["metadata"]["labels"]["release"] == "prom"
+        elif doc["kind"] in ("ClusterKopfPeering", "KopfPeering"):  # kopf's, shipped in crds/
+            assert doc["apiVersion"] == "kopf.dev/v1"
         else:
             kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
     base = [
         "ClusterRole",
         "ClusterRoleBinding",
         "CustomResourceDefinition",
+        "CustomResourceDefinition",
+        "CustomResourceDefinition",
         "Deployment",
         "ServiceAccount",
     ]
-    extra = ["LLMDeployment", "ServiceMonitor"] if values else ["NetworkPolicy"]
+    # One peering object: cluster-wide by default, one per watched namespace otherwise.
+    extra = (
+        ["LLMDeployment", "ServiceMonitor", "KopfPeering", "KopfPeering"]
+        if values
+        else ["NetworkPolicy", "ClusterKopfPeering"]
+    )
     assert kinds == sorted(base + extra)
 
 
@@ -126,17 +135,33 @@ def test_rbac_is_least_privilege() -> None:
     assert grants[("tessera.dev", "llmdeployments/status")] >= {"patch"}
     assert "delete" not in grants[("tessera.dev", "llmdeployments")]
     assert grants[("apps", "deployments")] >= {"create", "patch", "delete", "watch"}
-    assert ("", "pods") not in grants
+    # Pods are read (GPUs other workloads hold, scheduler reasons), never written.
+    assert grants[("", "pods")] == {"get", "list"}
     # The worker token is created, the API key Secret looked at; never listed, watched or changed.
     assert grants[("", "secrets")] == {"get", "create"}
     assert grants[("networking.k8s.io", "networkpolicies")] >= {"create", "patch", "delete"}
     assert grants[("", "events")] == {"create", "patch"}
+    assert grants[("kopf.dev", "clusterkopfpeerings")] == {"get", "list", "watch", "patch"}
+
+
+def test_replicas_share_a_peering_object() -> None:
+    docs = _render("--set", "replicas=3")
+    dep = next(d for d in docs if d["kind"] == "Deployment")
+    assert dep["spec"]["replicas"] == 3
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    peering = next(d for d in docs if d["kind"] == "ClusterKopfPeering")
+    assert f"--peering={peering['metadata']['name']}" in c["args"]
+    assert _helm("lint", "--strict", str(CHART), "--set", "replicas=0").returncode != 0
 
 
 def test_crd_ships_in_crds_dir_identical_to_the_top_level_one() -> None:
     shipped = (CHART / "crds" / "llmdeployment.yaml").read_text()
     assert shipped == (ROOT / "crds" / "llmdeployment.yaml").read_text()
-    crd = next(d for d in _render() if d["kind"] == "CustomResourceDefinition")
+    crd = next(
+        d
+        for d in _render()
+        if d["kind"] == "CustomResourceDefinition" and d["spec"]["group"] == "tessera.dev"
+    )
     assert crd == yaml.safe_load(shipped)
     assert not list((CHART / "templates").glob("*crd*")), (
         "a templated CRD would be deleted on uninstall"

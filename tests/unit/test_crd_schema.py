@@ -217,6 +217,29 @@ SAMPLES: list[tuple[str, dict[str, Any], bool]] = [
     ),
     ("router replicas 0", _with("router.replicas", 0), False),
     ("bad memory quantity", _with("stages.resources", {"memory": "lots"}), False),
+    # Issue 10, row 10: values that were accepted and blew up later.
+    ("100,000-character model name", _with("model.name", "m" * 100_000), False),
+    ("model name with a space", _with("model.name", "my model"), False),
+    ("worker image with a space", _with("images.worker", "repo/worker: latest"), False),
+    ("router image with a space", _with("images.router", "evil latest"), False),
+    ("time limit 1e9", _with("placement.timeLimitSeconds", 1e9), False),
+    ("arrival rate 1e300", _with("workload.arrivalRatePerSecond", 1e300), False),
+    ("arrival rate 1e3", _with("workload.arrivalRatePerSecond", 1e3), True),
+    (
+        "class decode 1e308",
+        _with(
+            "nodePool.classes",
+            [{"name": "x", "match": {"a": "b"}, "memoryBytes": 10, "decodeSecondsPerBlock": 1e308}],
+        ),
+        False,
+    ),
+    ("maxGPUs 0", _with("placement.maxGPUs", 0), False),
+    ("maxGPUs 100000", _with("placement.maxGPUs", 100_000), False),
+    ("maxGPUs 16", _with("placement.maxGPUs", 16), True),
+    ("routerFrom not a CIDR", _with("networkPolicy.routerFrom", [{"cidr": "everyone"}]), False),
+    ("routerFrom CIDR", _with("networkPolicy.routerFrom", [{"cidr": "10.0.0.0/8"}]), True),
+    ("routerFrom IPv6 CIDR", _with("networkPolicy.routerFrom", [{"cidr": "fd00::/8"}]), True),
+    ("concurrency 1e7", _with("workload.concurrentRequests", 10_000_000), False),
 ]
 
 
@@ -249,3 +272,20 @@ def test_shipped_examples_are_valid(path: str) -> None:
 def test_invalid_cr_error_names_the_field() -> None:
     errors = list(VALIDATOR.iter_errors({"spec": _with("placement.solver", "magic")}))
     assert [list(e.path) for e in errors] == [["spec", "placement", "solver"]]
+
+
+def test_duplicate_class_names_are_rejected_by_the_api_server_and_the_models() -> None:
+    classes = _schema()["properties"]["spec"]["properties"]["nodePool"]["properties"]["classes"]
+    # A list-map keyed by name: the API server answers 422 naming the duplicate entry.
+    assert classes["x-kubernetes-list-type"] == "map"
+    assert classes["x-kubernetes-list-map-keys"] == ["name"]
+    one = {"name": "x", "match": {"a": "b"}, "memoryBytes": 10, "decodeSecondsPerBlock": 0.1}
+    with pytest.raises(ValidationError, match="duplicate class name"):
+        crd.LLMDeploymentSpec.model_validate(_with("nodePool.classes", [one, dict(one)]))
+
+
+def test_the_name_must_fit_a_label_value() -> None:
+    rules = _schema()["x-kubernetes-validations"]
+    assert any("metadata.name.size() <= 63" in r["rule"] for r in rules)
+    assert crd.check_name("a" * 63) is None
+    assert "at most 63" in (crd.check_name("a" * 64) or "")

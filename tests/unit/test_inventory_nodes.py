@@ -36,7 +36,7 @@ def test_one_server_per_allocatable_gpu_with_the_catalog_profile() -> None:
         (node("x", taints=[{"key": "dedicated", "value": "db", "effect": "NoSchedule"}]), "taint"),
         (node("x", product="NVIDIA-Mystery-9000"), "not in the built-in catalog"),
         (node("x", product=None), "no nvidia.com/gpu.product"),
-        (node("x", gpus=0), "no allocatable"),
+        (node("x", gpus=0), "none allocatable"),
     ],
 )
 def test_unusable_nodes_are_left_out_with_a_reason(bad: dict, why: str) -> None:

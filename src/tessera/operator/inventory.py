@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -194,8 +194,73 @@ def _rtt(
     return table.get(frozenset(zones), default)
 
 
-def build(spec: LLMDeploymentSpec, nodes: Sequence[Mapping[str, Any]]) -> Inventory:
-    """The Problem for the nodes the spec selects. Raises Infeasible when no GPU is usable."""
+Claims = Mapping[str, Mapping[str, int]]  # node -> extended resource -> units requested
+
+
+def _requests(pod_spec: Mapping[str, Any]) -> Counter[str]:
+    """Extended-resource requests (names with a '/') of a pod spec's containers."""
+    out: Counter[str] = Counter()
+    for c in pod_spec.get("containers") or []:
+        requests = (c.get("resources") or {}).get("requests") or {}
+        limits = (c.get("resources") or {}).get("limits") or {}
+        for resource, raw in {**limits, **requests}.items():  # extended: requests == limits
+            if "/" in resource:
+                out[resource] += _count({resource: raw}, resource)
+    return out
+
+
+def _pinned_node(pod_spec: Mapping[str, Any]) -> str | None:
+    """The one node a stage pod template is pinned to (see manifests.stage_deployment)."""
+    affinity = (pod_spec.get("affinity") or {}).get("nodeAffinity") or {}
+    required = affinity.get("requiredDuringSchedulingIgnoredDuringExecution") or {}
+    for term in required.get("nodeSelectorTerms") or []:
+        for f in term.get("matchFields") or []:
+            values = f.get("values") or []
+            if f.get("key") == "metadata.name" and f.get("operator") == "In" and len(values) == 1:
+                return str(values[0])
+    return None
+
+
+def claimed(
+    deployments: Iterable[Mapping[str, Any]],
+    pods: Iterable[Mapping[str, Any]],
+    owner_uid: str,
+    managed_by: tuple[str, str],
+) -> dict[str, Counter[str]]:
+    """GPUs that others hold or will hold, per node: the pinned stage Deployments of other
+    LLMDeployments (counted before their pods exist, so two plans made one after the other
+    never share a GPU), and every running or bound pod that is not a tessera stage."""
+    label, value = managed_by
+    out: dict[str, Counter[str]] = {}
+    for dep in deployments:
+        meta = dep.get("metadata") or {}
+        if (meta.get("labels") or {}).get(label) != value:
+            continue
+        if any(r.get("uid") == owner_uid for r in meta.get("ownerReferences") or []):
+            continue
+        pod_spec = ((dep.get("spec") or {}).get("template") or {}).get("spec") or {}
+        node = _pinned_node(pod_spec)
+        replicas = int((dep.get("spec") or {}).get("replicas", 1) or 0)
+        if node is not None and replicas > 0:
+            req = _requests(pod_spec)
+            out.setdefault(node, Counter()).update({k: v * replicas for k, v in req.items()})
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        if (meta.get("labels") or {}).get(label) == value:
+            continue  # a tessera stage: counted through its Deployment above (or our own)
+        if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+            continue
+        node = (pod.get("spec") or {}).get("nodeName")
+        if node:
+            out.setdefault(str(node), Counter()).update(_requests(pod.get("spec") or {}))
+    return out
+
+
+def build(
+    spec: LLMDeploymentSpec, nodes: Sequence[Mapping[str, Any]], taken: Claims | None = None
+) -> Inventory:
+    """The Problem for the nodes the spec selects, less the GPUs `taken` by others.
+    Raises Infeasible when no GPU is usable."""
     model = model_preset(spec)
     pool = spec.node_pool
     net = pool.network
@@ -213,9 +278,11 @@ def build(spec: LLMDeploymentSpec, nodes: Sequence[Mapping[str, Any]]) -> Invent
         if isinstance(profile, str):
             excluded.append((name, profile))
             continue
-        count = _count(allocatable, profile.gpu_resource)
+        total = _count(allocatable, profile.gpu_resource)
+        count = max(total - (taken or {}).get(name, {}).get(profile.gpu_resource, 0), 0)
         if count == 0:
-            excluded.append((name, f"no allocatable {profile.gpu_resource}"))
+            why = "taken by other pods" if total else "none allocatable"
+            excluded.append((name, f"no free {profile.gpu_resource} ({why})"))
             continue
         zone = labels.get(net.zone_label, DEFAULT_ZONE)
         for i in range(count):

@@ -17,8 +17,10 @@ import kubernetes
 from kubernetes.client.exceptions import ApiException
 
 from tessera.api.crd import GROUP, PLURAL, VERSION
+from tessera.errors import InvalidInput
 
-from .manifests import DEPLOYMENT_LABEL, HASH_ANNOTATION
+from . import peering
+from .manifests import DEPLOYMENT_LABEL, MANAGED_BY, MANAGED_BY_LABEL
 
 MERGE = "application/merge-patch+json"
 EVENT_SOURCE = "tessera-operator"
@@ -31,6 +33,46 @@ def _json(response: Any) -> Any:
 def _drain(response: Any) -> None:
     """Read the body so that the connection goes back to the pool instead of being dropped."""
     _ = response.data
+
+
+REJECTED = (400, 413, 422)
+
+
+class Rejected(InvalidInput):
+    """The API server refused an object built from the spec; `field` names the object and the
+    server's field, the message is the server's."""
+
+
+def rejected(exc: ApiException, obj: Mapping[str, Any]) -> Rejected:
+    where = f"{obj.get('kind')} {obj.get('metadata', {}).get('name')}"
+    try:
+        body = json.loads(exc.body or "{}")
+    except (TypeError, ValueError):
+        body = {}
+    causes = (body.get("details") or {}).get("causes") or []
+    fields = [str(c["field"]) for c in causes if c.get("field")]
+    message = str(body.get("message") or exc.reason or f"HTTP {exc.status}")
+    field = f"{where}: {fields[0]}" if fields else where
+    return Rejected(field, f"the API server answered {exc.status}: {message}")
+
+
+def _body(obj: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in obj.items() if k not in ("apiVersion", "kind")}
+
+
+def drifted(desired: Any, actual: Any) -> bool:
+    """Whether `actual` (from the server) differs from `desired` in anything `desired` sets.
+    Keys the server adds (defaults, status, bookkeeping) are not drift; list items are compared
+    position by position, so an added or removed argument is."""
+    if isinstance(desired, Mapping):
+        if not isinstance(actual, Mapping):
+            return True
+        return any(k not in actual or drifted(v, actual[k]) for k, v in desired.items())
+    if isinstance(desired, list):
+        if not isinstance(actual, list) or len(actual) != len(desired):
+            return True
+        return any(drifted(d, a) for d, a in zip(desired, actual, strict=True))
+    return bool(desired != actual)
 
 
 def _has_labels(obj: Mapping[str, Any], wanted: Mapping[str, str]) -> bool:
@@ -98,13 +140,80 @@ class Kube:
             out[kind] = [o for o in items if _has_labels(o, wanted)]
         return out
 
+    def gpu_holders(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Every tessera-managed Deployment and every live pod, cluster-wide: what
+        inventory.claimed needs to see GPUs that other deployments hold."""
+        deps = _json(
+            self.apps.list_deployment_for_all_namespaces(
+                label_selector=f"{MANAGED_BY_LABEL}={MANAGED_BY}", _preload_content=False
+            )
+        )["items"]
+        pods = _json(
+            self.core.list_pod_for_all_namespaces(
+                field_selector="status.phase!=Succeeded,status.phase!=Failed",
+                _preload_content=False,
+            )
+        )["items"]
+        return deps, pods
+
+    def unschedulable(self, namespace: str, owner: str) -> list[tuple[str, str]]:
+        """(pod, the scheduler's message) for this LLMDeployment's pods that cannot be placed."""
+        resp = self.core.list_namespaced_pod(
+            namespace, label_selector=f"{DEPLOYMENT_LABEL}={owner}", _preload_content=False
+        )
+        out = []
+        for pod in _json(resp)["items"]:
+            if not _has_labels(pod, {DEPLOYMENT_LABEL: owner}):
+                continue
+            for c in (pod.get("status") or {}).get("conditions") or []:
+                if c.get("type") == "PodScheduled" and c.get("status") == "False":
+                    why = c.get("message") or c.get("reason") or "not scheduled"
+                    out.append((str(pod["metadata"]["name"]), str(why)))
+        return sorted(out)
+
+    def peering_status(self, name: str, namespace: str | None) -> dict[str, Any]:
+        """The peer records of kopf's peering object (empty when it does not exist)."""
+        try:
+            if namespace is None:
+                resp = self.custom.get_cluster_custom_object(
+                    peering.GROUP,
+                    peering.VERSION,
+                    peering.CLUSTER_PLURAL,
+                    name,
+                    _preload_content=False,
+                )
+            else:
+                resp = self.custom.get_namespaced_custom_object(
+                    peering.GROUP,
+                    peering.VERSION,
+                    namespace,
+                    peering.NAMESPACED_PLURAL,
+                    name,
+                    _preload_content=False,
+                )
+        except ApiException as exc:
+            if exc.status == 404:
+                return {}
+            raise
+        status: dict[str, Any] = _json(resp).get("status") or {}
+        return status
+
     # ---- writes ----
     def apply(self, obj: dict[str, Any], existing: Mapping[str, Any] | None) -> bool:
-        """Create, or patch when the content hash differs. Returns whether anything was written."""
-        if existing is not None:
-            have = (existing.get("metadata", {}).get("annotations") or {}).get(HASH_ANNOTATION)
-            if have == obj["metadata"]["annotations"][HASH_ANNOTATION]:
-                return False
+        """Create, or patch when the object on the server differs from `obj` in anything `obj`
+        sets (a hand edit of image, args, replicas, env, affinity, ... included). Returns
+        whether anything was written. A rejection (400, 413, 422) raises Rejected."""
+        try:
+            return self._apply(obj, existing)
+        except ApiException as exc:
+            if exc.status in REJECTED:
+                raise rejected(exc, obj) from None
+            raise
+
+    def _apply(self, obj: dict[str, Any], existing: Mapping[str, Any] | None) -> bool:
+        # List items come without apiVersion and kind.
+        if existing is not None and not drifted(_body(obj), existing):
+            return False
         kind = obj["kind"]
         ns = obj["metadata"]["namespace"]
         name = obj["metadata"]["name"]

@@ -37,6 +37,7 @@ API_KEYS_FILE = f"{API_KEYS_MOUNT}/keys"
 SECRET_MODE = 0o440  # owner root, group fsGroup (the pod's user): read only
 RUN_AS_USER = 10001
 MANAGED_BY = "tessera-operator"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 DEPLOYMENT_LABEL = f"{GROUP}/deployment"
 SERVER_ANNOTATION = f"{GROUP}/server"
 BLOCKS_ANNOTATION = f"{GROUP}/blocks"
@@ -96,7 +97,7 @@ def labels(owner: Owner, component: str) -> dict[str, str]:
         "app.kubernetes.io/instance": owner.name,
         "app.kubernetes.io/component": component,
         "app.kubernetes.io/part-of": "tessera",
-        "app.kubernetes.io/managed-by": MANAGED_BY,
+        MANAGED_BY_LABEL: MANAGED_BY,
         DEPLOYMENT_LABEL: owner.name,
     }
 
@@ -340,11 +341,17 @@ def endpoints_map(owner: Owner, plan: Plan) -> dict[str, str]:
     }
 
 
+def _compact(doc: Any) -> str:
+    """One line, no spaces (a quarter of the indented size; `jq` reads it back for humans)."""
+    return json.dumps(doc, separators=(",", ":"), sort_keys=True)
+
+
 def plan_configmap(owner: Owner, problem: Problem, plan: Plan) -> dict[str, Any]:
+    """The router's three plan files (placement-contract.md), for the routed servers only."""
     data = {
-        "plan.json": json.dumps(plan_to_dict(plan), indent=1, sort_keys=True),
-        "problem.json": json.dumps(problem_to_dict(problem), indent=1, sort_keys=True),
-        "endpoints.json": json.dumps(endpoints_map(owner, plan), indent=1, sort_keys=True),
+        "plan.json": _compact(plan_to_dict(plan)),
+        "problem.json": _compact(problem_to_dict(problem)),
+        "endpoints.json": _compact(endpoints_map(owner, plan)),
     }
     return with_hash(
         {

@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from tessera.api.crd import LLMDeploymentSpec
+from tessera.api.crd import LLMDeploymentSpec, check_name
 from tessera.errors import Infeasible, InvalidInput
 from tessera.placement import Plan, Problem, plan_from_dict, problem_to_dict, solve
 
@@ -26,6 +26,8 @@ from .kube import Kube
 
 EventSink = Callable[[str, str, str], None]  # (type Normal|Warning, reason, message)
 CACHE_SIZE = 64
+# The plan ConfigMap's data, at most: half the 1 MiB object limit (maxGPUs <= 1024 stays under).
+PLAN_BYTES_LIMIT = 512 * 1024
 
 
 MAX_ERRORS = 5
@@ -62,12 +64,20 @@ class PlanCache:
 
     def solve(self, problem: Problem, spec: LLMDeploymentSpec) -> Plan:
         p = spec.placement
-        key = json.dumps([problem_to_dict(problem), p.solver, p.seed, p.time_limit_seconds])
+        key = json.dumps(
+            [problem_to_dict(problem), p.solver, p.seed, p.time_limit_seconds, p.max_gpus]
+        )
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key]
-        plan = solve(problem, p.solver, seed=p.seed, time_limit_s=p.time_limit_seconds)
+        plan = solve(
+            problem,
+            p.solver,
+            seed=p.seed,
+            time_limit_s=p.time_limit_seconds,
+            max_servers=p.max_gpus,
+        )
         with self._lock:
             self._items[key] = plan
             while len(self._items) > self._size:
@@ -138,10 +148,17 @@ def reconcile(
     owner = manifests.Owner(meta["name"], meta["namespace"], meta["uid"])
     generation = meta.get("generation")
     previous = body.get("status") or {}
+    name_problem = check_name(owner.name)
+    if name_problem is not None:
+        raise InvalidInput("metadata.name", name_problem)
     spec = parse_spec(body.get("spec"))
     if previous.get("phase") in (None, "Pending"):
         kube.patch_status(owner.namespace, owner.name, status.planning(previous, generation, now))
-    inv = inventory.build(spec, kube.list_nodes())
+    holders, pods = kube.gpu_holders()
+    taken = inventory.claimed(
+        holders, pods, owner.uid, (manifests.MANAGED_BY_LABEL, manifests.MANAGED_BY)
+    )
+    inv = inventory.build(spec, kube.list_nodes(), taken)
     fresh = cache.solve(inv.problem, spec)
     if not fresh.feasible:
         raise Infeasible(fresh.reason or "the pool cannot hold the model")
@@ -157,11 +174,26 @@ def reconcile(
         server = (dep["metadata"].get("annotations") or {}).get(manifests.SERVER_ANNOTATION)
         if server and _blocks(dep) is not None:
             stages[server] = dep
-    deployed = {s: r for s, dep in stages.items() if (r := _blocks(dep)) is not None}
     present = {s.name for s in inv.servers}
+    recorded = _recorded(previous)  # the last plan this operator adopted (in the status)
+    # A stage of that plan whose Deployment is gone (deleted by hand, or never created when the
+    # operator stopped mid-create) still belongs to it: it is re-created, not dropped.
+    deployed = {s: r for s, r in recorded.items() if s in present}
+    deployed |= {s: r for s, dep in stages.items() if (r := _blocks(dep)) is not None}
     ready = {s for s, dep in stages.items() if s in present and is_ready(dep)}
 
-    decision = rollout.decide(inv.problem, deployed, fresh, spec.placement.replan_threshold)
+    decision = rollout.decide(
+        inv.problem,
+        deployed,
+        fresh,
+        spec.placement.replan_threshold,
+        max_servers=spec.placement.max_gpus,
+    )
+    lost = sorted(s for s in recorded if s not in present)
+    reason = decision.reason
+    if lost:
+        more = " ..." if len(lost) > 5 else ""
+        reason = f"lost {len(lost)} stage(s) ({', '.join(lost[:5])}{more}): {reason}"
     target = rollout.ranges_of(decision.target)
     step = rollout.rollout_step(inv.problem.num_blocks, deployed, ready, target)
     after = {s: r for s, r in deployed.items() if s not in step.delete}
@@ -192,6 +224,13 @@ def reconcile(
         serving = published  # same stages: keep the published plan byte for byte (no reload)
     routed = rollout.restrict(inv.problem, (p.server for p in serving.placement))
     cm = manifests.plan_configmap(owner, routed, serving)
+    size = sum(len(v) for v in cm["data"].values())
+    if size > PLAN_BYTES_LIMIT:
+        raise InvalidInput(
+            "spec.placement.maxGPUs",
+            f"a plan of {len(serving.placement)} stages takes {size} bytes, over the "
+            f"{PLAN_BYTES_LIMIT}-byte limit kept for the plan ConfigMap; lower it",
+        )
     desired.append(cm)
     net = spec.node_pool.network
     desired.append(
@@ -202,16 +241,9 @@ def reconcile(
         desired.append(manifests.stage_network_policy(owner, spec))
         desired.append(manifests.router_network_policy(owner, spec))
 
-    # Start new stages before anything is removed.
-    for obj in desired:
-        kube.apply(obj, existing.get((obj["kind"], obj["metadata"]["name"])))
-    keep = {(o["kind"], o["metadata"]["name"]) for o in desired}
-    for kind, name in sorted(existing):
-        if (kind, name) not in keep and kind in ("Deployment", "Service", "NetworkPolicy"):
-            kube.delete(kind, owner.namespace, name)
-
-    if decision.moved:
-        emit("Normal", "Planned", f"{decision.reason}: {_summary(decision.target)}")
+    target_ranges = rollout.ranges_of(decision.target)
+    if target_ranges != recorded:  # every plan change, stages lost included
+        emit("Normal", "Planned", _change(reason, previous, decision.target))
     router = existing.get(("Deployment", manifests.router_name(owner)))
     obs = status.Observed(
         generation=generation,
@@ -221,9 +253,10 @@ def reconcile(
         ready=frozenset(ready & (set(after) - set(step.apply))),
         router_ready=router is not None and is_ready(router),
         endpoint=manifests.endpoint(owner),
-        decision=decision.reason,
+        decision=reason,
         moved=decision.moved,
         keys=keys,
+        unschedulable=tuple(kube.unschedulable(owner.namespace, owner.name)),
     )
     new_status = status.compute(obs, previous, now)
     old_reason = next(
@@ -240,9 +273,47 @@ def reconcile(
             "OpenEndpoint" if keys.reason == "NoApiKeySecret" else keys.reason,
             keys.message,
         )
+    # The status says what this pass is about to do before it does it: a long create reads
+    # Deploying, and a rejection below turns it into Failed.
     if _differs(previous, new_status):
         kube.patch_status(owner.namespace, owner.name, new_status)
+    # Start new stages before anything is removed.
+    for obj in desired:
+        kube.apply(obj, existing.get((obj["kind"], obj["metadata"]["name"])))
+    keep = {(o["kind"], o["metadata"]["name"]) for o in desired}
+    for kind, name in sorted(existing):
+        if (kind, name) not in keep and kind in ("Deployment", "Service", "NetworkPolicy"):
+            kube.delete(kind, owner.namespace, name)
     return new_status
+
+
+def _recorded(previous: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
+    """The stage ranges of the plan in the status (server -> (start, end))."""
+    out = {}
+    for st in (previous.get("plan") or {}).get("stages") or []:
+        try:
+            start, blocks = int(st["start"]), int(st["blocks"])
+        except (KeyError, TypeError, ValueError):
+            continue  # not ours or damaged: the children say the rest
+        out[str(st.get("server"))] = (start, start + blocks)
+    return out
+
+
+def _ms(seconds: Any) -> str:
+    return f"{seconds * 1000:.1f} ms" if isinstance(seconds, (int, float)) else "none"
+
+
+def _change(reason: str, previous: Mapping[str, Any], new: Plan) -> str:
+    """The Planned Event: why, and the old and new predicted figures."""
+    old = previous.get("plan") or {}
+    pred = new.predicted
+    return (
+        f"{reason}; stages {len(old.get('stages') or [])} -> {len(new.placement)}, "
+        f"per-token {_ms(old.get('predictedPerTokenSeconds'))} -> "
+        f"{_ms(pred.per_token_s if pred else None)}, "
+        f"first-token {_ms(old.get('predictedFirstTokenSeconds'))} -> "
+        f"{_ms(pred.first_token_s if pred else None)}: {_summary(new)}"
+    )
 
 
 def _published_plan(cm: Mapping[str, Any] | None) -> Plan | None:

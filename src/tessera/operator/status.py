@@ -68,6 +68,7 @@ class Observed:
     decision: str
     moved: bool  # this pass adopted a new plan (its stages are starting)
     keys: KeyCheck
+    unschedulable: tuple[tuple[str, str], ...] = ()  # (pod, the scheduler's message)
 
 
 def _condition(
@@ -105,6 +106,12 @@ def compute(obs: Observed, previous: Mapping[str, Any], now: str) -> dict[str, A
     else:
         phase = "Deploying"
     message = f"{len(ready_in_plan)}/{len(in_plan)} stages ready; {obs.decision}"
+    stuck = ""
+    if obs.unschedulable:
+        pod, why = obs.unschedulable[0]
+        more = f" (and {len(obs.unschedulable) - 1} more)" if len(obs.unschedulable) > 1 else ""
+        stuck = f"; pod {pod} cannot be scheduled: {why}{more}"
+        message += stuck
     if obs.keys.blocking:
         phase, message = "Degraded", f"{obs.keys.message}; {message}"
     stages = []
@@ -135,8 +142,10 @@ def compute(obs: Observed, previous: Mapping[str, Any], now: str) -> dict[str, A
             conds,
             "StagesReady",
             len(ready_in_plan) == len(in_plan),
-            "AllStagesReady" if len(ready_in_plan) == len(in_plan) else "StagesStarting",
-            f"{len(ready_in_plan)}/{len(in_plan)} stage pods ready",
+            "AllStagesReady"
+            if len(ready_in_plan) == len(in_plan)
+            else ("Unschedulable" if obs.unschedulable else "StagesStarting"),
+            f"{len(ready_in_plan)}/{len(in_plan)} stage pods ready{stuck}",
             now,
         ),
         _condition(

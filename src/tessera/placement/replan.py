@@ -31,8 +31,16 @@ class Decision:
     reason: str
 
 
-def decide(problem: Problem, deployed: Ranges, fresh: Plan, threshold: float) -> Decision:
-    """Keep the deployed placement unless it is broken or the fresh plan is clearly better."""
+def decide(
+    problem: Problem,
+    deployed: Ranges,
+    fresh: Plan,
+    threshold: float,
+    *,
+    max_servers: int | None = None,
+) -> Decision:
+    """Keep the deployed placement unless it is broken, over `max_servers`, or the fresh plan is
+    clearly better."""
     if not fresh.feasible:
         return Decision(fresh, False, fresh.reason or "infeasible")
     fresh_ranges = ranges_of(fresh)
@@ -40,6 +48,10 @@ def decide(problem: Problem, deployed: Ranges, fresh: Plan, threshold: float) ->
         return Decision(fresh, True, "initial plan")
     if dict(deployed) == fresh_ranges:
         return Decision(fresh, False, "plan unchanged")
+    if max_servers is not None and len(deployed) > max_servers:
+        return Decision(
+            fresh, True, f"re-planned: {len(deployed)} stages, over the bound of {max_servers}"
+        )
     concurrency = fresh.statistics.concurrent_requests or 1  # the plan's own |R|
     current = evaluate(problem, deployed, concurrency, f"{fresh.solver} (deployed)")
     if not current.feasible:

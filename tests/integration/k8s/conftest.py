@@ -144,6 +144,15 @@ class Cluster:
                 return None
             raise
 
+    def applied(self, owner: str, stages: int) -> bool:
+        """Every child of one pass is written: the status comes first (the pass says what it is
+        about to do), the router NetworkPolicy last."""
+        deps = self.deployments(owner)
+        staged = [
+            d for d in deps.values() if d.metadata.labels["app.kubernetes.io/component"] == "stage"
+        ]
+        return len(staged) == stages and f"{owner}-router" in self.network_policies(owner)
+
     def mark_ready(self, owner: str) -> None:
         """Play the kubelet and the Deployment controller: every child Deployment is ready."""
         for name, dep in self.deployments(owner).items():

@@ -55,9 +55,8 @@ def test_created_llmdeployment_gets_pinned_stages_router_plan_and_status(
     assert st["stages"] == len(planned) >= 2
     assert st["predictedPerTokenSeconds"] > 0
 
-    stages = wait_for(
-        lambda: len(_stages(cluster, "m1")) == len(planned) and _stages(cluster, "m1")
-    )
+    wait_for(lambda: cluster.applied("m1", len(planned)))
+    stages = _stages(cluster, "m1")
     for dep in stages.values():
         server = dep.metadata.annotations["tessera.dev/server"]
         want = planned[server]
@@ -120,7 +119,7 @@ def test_node_removal_replans_and_deletion_cascades(cluster: Cluster, operator: 
     st = wait_for(lambda: cluster.status("m2").get("plan") and cluster.status("m2"))
     servers = {s["server"] for s in st["plan"]["stages"]}
     victim = sorted(s["node"] for s in st["plan"]["stages"])[0]
-    wait_for(lambda: len(_stages(cluster, "m2")) == len(servers))
+    wait_for(lambda: cluster.applied("m2", len(servers)))
     cluster.mark_ready("m2")
     wait_for(lambda: cluster.status("m2").get("phase") == "Ready")
     router_pod = cluster.deployments("m2")["m2-router"].spec.template.to_dict()
@@ -179,7 +178,7 @@ def test_added_node_is_used_only_when_the_gain_beats_the_threshold(
     cluster.create(llmd("m3", placement={"replanThreshold": 1.0}))  # never move for speed
     st = wait_for(lambda: cluster.status("m3").get("plan") and cluster.status("m3"))
     before = {(s["server"], s["start"], s["blocks"]) for s in st["plan"]["stages"]}
-    wait_for(lambda: len(_stages(cluster, "m3")) == len(before))
+    wait_for(lambda: cluster.applied("m3", len(before)))
     cluster.mark_ready("m3")
     wait_for(lambda: cluster.status("m3").get("phase") == "Ready")
     generations = {n: d.metadata.generation for n, d in _stages(cluster, "m3").items()}

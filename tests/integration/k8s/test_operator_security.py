@@ -14,9 +14,9 @@ ARGS = ["run", "-A", "--standalone", "-m", "tessera.operator.handlers"]
 KOPF_FINALIZER = "kopf.zalando.org/KopfFinalizerMarker"
 
 
-def _pool(cluster: Cluster) -> None:
+def _pool(cluster: Cluster, pool: str = "test") -> None:
     for i, product in enumerate(("NVIDIA-A100-SXM4-80GB",) * 2 + ("NVIDIA-L40S",) * 2):
-        cluster.add_node(gpu_node(f"n{i}", product))
+        cluster.add_node(gpu_node(f"{pool}-n{i}", product, pool=pool))
 
 
 def _condition(st: dict[str, Any], type_: str) -> dict[str, Any]:
@@ -141,11 +141,12 @@ def test_invalid_cr_fails_once_naming_the_field_and_policies_can_be_off(
 
 def test_deleted_cr_goes_away_without_the_operator(cluster: Cluster) -> None:
     _pool(cluster)
+    _pool(cluster, "second")  # two deployments never share a GPU
     old = llmd("s5")
     old["metadata"]["finalizers"] = [KOPF_FINALIZER]  # as left by the previous operator
     with KopfRunner(ARGS, timeout=30) as runner:
         cluster.create(old)
-        cluster.create(llmd("s6"))
+        cluster.create(llmd("s6", pool="second"))
         for name in ("s5", "s6"):
             st = wait_for(lambda n=name: cluster.status(n).get("plan") and cluster.status(n))
             wait_for(lambda n=name, k=st["stages"]: len(cluster.services(n)) == k + 1)
