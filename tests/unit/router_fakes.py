@@ -36,6 +36,7 @@ class FakeStage:
         step_delay_s: float = 0.0,
     ) -> None:
         self.server, self.start, self.end = name, start, end
+        self.base_url, self.token = f"http://fake-{name}", None
         self.total_slots = total_slots
         self.die_at_step = die_at_step
         self.step_delay_s = step_delay_s

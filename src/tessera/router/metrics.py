@@ -51,3 +51,23 @@ class RouterMetrics:
             buckets=_HOP_BUCKETS,
             registry=r,
         )
+        self.hedges = Counter(
+            "tessera_hedges_total",
+            "Hedged steps by reason (first_token, straggler) and winner (primary, hedge, none)",
+            ["reason", "winner"],
+            registry=r,
+        )
+        self.stage_work = Counter(
+            "tessera_stage_work_block_tokens_total",
+            "Stage work sent by the router: tokens times the blocks they ran through",
+            registry=r,
+        )
+        self.hedge_extra_work = Counter(
+            "tessera_hedge_extra_work_block_tokens_total",
+            "Stage work of hedges that lost (cancelled): hedging's extra load",
+            registry=r,
+        )
+
+    def hedged(self, reason: str, winner: str, extra_block_tokens: float) -> None:
+        self.hedges.labels(reason, winner).inc()
+        self.hedge_extra_work.inc(extra_block_tokens)
