@@ -17,8 +17,8 @@ so that 64 sessions fit), packaged SmolLM2, one torch thread per worker.
    the baseline is the undisturbed token gap of the same answer. Target: pause <= 2 s (it was
    the whole freeze, 30 s, before adaptive step deadlines).
 4. Straggler TTFT (issue 12): TTFT_CLIENTS clients stream short answers back to back for
-   TTFT_PHASE_S seconds; in the middle SLOW_S seconds stage b (on both a>b>c and a2>b>c) is
-   slowed 5x by stopping it 80% of every 50 ms. Once through the pool's router (first-token
+   TTFT_PHASE_S seconds; in the middle SLOW_S seconds one stage of the chain the router uses
+   (its middle one) is slowed 5x by stopping it 80% of every 50 ms. Once through the pool's router (first-token
    hedging on, budget 10%) and once through a second router on the same stages with
    `--hedge-budget 0` (the baseline), one after the other in the same run: p50 and p99 time to
    first token of the requests that started in the slow window and over the whole phase, and
@@ -62,6 +62,7 @@ PROMPTS = [
 SESSIONS = 64  # per stage, on top of the weights
 FREEZE_S = 30.0
 TTFT_CLIENTS = 4  # the median load of this pool: about half its decode batch
+TTFT_TOKENS = 4  # short answers: more first tokens in the window
 TTFT_PHASE_S = float(os.environ.get("TESSERA_BENCH_TTFT_PHASE_S", "30"))
 SLOW_S = 10.0
 SLOW_FACTOR = 5.0
@@ -287,7 +288,7 @@ def ttft_phase(base: str, victim_pid: int) -> tuple[list[float], list[float]]:
         k = i
         while time.perf_counter() < stop_at:
             start = time.perf_counter()
-            _, _, times, status, _ = stream(base, PROMPTS[k % len(PROMPTS)], 8)
+            _, _, times, status, _ = stream(base, PROMPTS[k % len(PROMPTS)], TTFT_TOKENS)
             k += 1
             if status == 200 and times:
                 with lock:
@@ -310,7 +311,10 @@ def _q(values: list[float], q: float) -> float:
 
 
 def print_ttft(local: Local) -> None:
-    victim = _pid("worker", f"--port={local.endpoints['b'].rsplit(':', 1)[1]}")
+    local.wait_all_up()
+    chain = stream(local.base, PROMPTS[0], 2)[1]
+    victim_name = chain[len(chain) // 2]
+    victim = _pid("worker", f"--port={local.endpoints[victim_name].rsplit(':', 1)[1]}")
     port = _port()
     baseline = _second_router(local, port, "--hedge-budget=0")
     base_url = f"http://127.0.0.1:{port}"
@@ -337,11 +341,14 @@ def print_ttft(local: Local) -> None:
 
             work = delta("tessera_stage_work_block_tokens_total")
             extra = delta("tessera_hedge_extra_work_block_tokens_total")
-            hedges = sum(
-                v - before.get(k, 0.0)
-                for k, v in after.items()
-                if k.startswith('tessera_hedges_total{reason="first_token"')
-            )
+            hedges = [
+                sum(
+                    v - before.get(k, 0.0)
+                    for k, v in after.items()
+                    if k.startswith(f'tessera_hedges_total{{reason="{reason}"')
+                )
+                for reason in ("first_token", "straggler")
+            ]
             share = extra / (work - extra) if work > extra else 0.0
             rows.append((label, slow, all_ttft, hedges, share))
     finally:
@@ -351,17 +358,19 @@ def print_ttft(local: Local) -> None:
         except subprocess.TimeoutExpired:
             baseline.kill()
     print(
-        f"\nTTFT, {TTFT_CLIENTS} clients streaming 8-token answers for {TTFT_PHASE_S:.0f} s; "
-        f"stage b slowed {SLOW_FACTOR:g}x for the middle {SLOW_S:.0f} s"
+        f"\nTTFT, {TTFT_CLIENTS} clients streaming {TTFT_TOKENS}-token answers for "
+        f"{TTFT_PHASE_S:.0f} s; stage {victim_name} of {'>'.join(chain)} slowed "
+        f"{SLOW_FACTOR:g}x for the middle {SLOW_S:.0f} s"
     )
     print(
-        f"{'router':<13}{'n slow':>7}{'p50 slow s':>11}{'p99 slow s':>11}"
-        f"{'n all':>7}{'p99 all s':>10}{'hedges':>8}{'extra work':>12}"
+        f"{'router':<13}{'n slow':>7}{'p50 slow s':>11}{'p99 slow s':>11}{'n all':>7}"
+        f"{'p99 all s':>10}{'hedges 1st':>11}{'straggler':>10}{'extra work':>12}"
     )
     for label, slow, all_ttft, hedges, share in rows:
         print(
             f"{label:<13}{len(slow):>7}{_q(slow, 0.5):>11.3f}{_q(slow, 0.99):>11.3f}"
-            f"{len(all_ttft):>7}{_q(all_ttft, 0.99):>10.3f}{hedges:>8.0f}{share:>11.1%}"
+            f"{len(all_ttft):>7}{_q(all_ttft, 0.99):>10.3f}{hedges[0]:>11.0f}{hedges[1]:>10.0f}"
+            f"{share:>11.1%}"
         )
     on, off = rows
     ratio = _q(on[1], 0.99) / _q(off[1], 0.99)

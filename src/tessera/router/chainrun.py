@@ -30,9 +30,7 @@ from .stage_client import StageFailed, StepSampling, Tensor
 log = logging.getLogger("tessera.router")
 _background: set[asyncio.Task[None]] = set()  # close tasks, kept referenced until done
 CLOSE_WAIT_S = 2.0  # how long a failover waits for old sessions to close before re-opening
-# A hop deadline that fires this late means the event loop itself was stalled (not the stage):
-# the hop gets another `floor_s` instead of being reported as a straggler.
-LOOP_LAG_S = 0.25
+LOOP_LAG_S = 0.25  # a hop deadline that fires this late: the event loop was stalled
 
 
 class _Epochs:
@@ -48,6 +46,31 @@ class _Epochs:
 
 class SessionLost(StageFailed):
     """A stage answered but no longer knows our session (it restarted or expired it)."""
+
+
+class _Watchdog:
+    """Calls `overrun(server)` once a hop has taken `deadline_s`: a timer, not a task, because
+    it runs on every hop. A timer that fires late means the event loop itself was stalled (not
+    the stage): the hop then gets another `grace_s` instead of being reported."""
+
+    def __init__(
+        self, server: str, deadline_s: float, grace_s: float, overrun: Callable[[str], None]
+    ) -> None:
+        self.server, self.grace_s, self.overrun = server, grace_s, overrun
+        self._loop = asyncio.get_running_loop()
+        self._due = self._loop.time() + deadline_s
+        self._handle = self._loop.call_at(self._due, self._fire)
+
+    def _fire(self) -> None:
+        now = self._loop.time()
+        if now - self._due > LOOP_LAG_S:
+            self._due = now + self.grace_s
+            self._handle = self._loop.call_at(self._due, self._fire)
+            return
+        self.overrun(self.server)
+
+    def cancel(self) -> None:
+        self._handle.cancel()
 
 
 @dataclass
@@ -132,25 +155,16 @@ class ChainRun:
         times = self.chains.times(server)
         deadline_s = times.deadline_s(tokens, self.chains.straggler_policy)
         t0 = time.perf_counter()
-        task = asyncio.ensure_future(client.step(sid, x, position, self.sampling if last else None))
+        watchdog = None
+        if deadline_s is not None and overrun is not None:
+            watchdog = _Watchdog(server, deadline_s, self.chains.straggler_policy.floor_s, overrun)
         try:
-            if deadline_s is not None and overrun is not None:
-                due = t0 + deadline_s
-                while not task.done():
-                    await asyncio.wait({task}, timeout=max(due - time.perf_counter(), 0.0))
-                    if task.done():
-                        break
-                    if time.perf_counter() - due > LOOP_LAG_S:  # we were stalled, not the stage
-                        due = time.perf_counter() + self.chains.straggler_policy.floor_s
-                        continue
-                    overrun(server)
-                    break
-            out = await task
+            out = await client.step(sid, x, position, self.sampling if last else None)
         except NotFound as exc:
             raise SessionLost(server, str(exc)) from exc
         finally:
-            if not task.done():  # cancelled (a hedge won, or the client left)
-                task.cancel()
+            if watchdog is not None:
+                watchdog.cancel()
         elapsed = time.perf_counter() - t0
         # Censored at the deadline: one freeze must not inflate the next deadlines.
         times.record(tokens, min(elapsed, deadline_s) if deadline_s is not None else elapsed)

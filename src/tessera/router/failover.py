@@ -15,8 +15,8 @@ Stragglers (a stage that is slow or frozen, not dead) are hedged rather than wai
 that overruns its adaptive deadline (`stragglers.py`) marks the stage suspect and starts a
 `fork` of the run on a chain without it, replaying the history there; the first of the two to
 give the token wins and the other is cancelled and its sessions closed. The first token of a
-request may be hedged the same way from the start, on a disjoint idle chain, as often as the
-measured spread of step times asks and the hedging budget allows.
+request may be hedged the same way from the start, on an idle chain without the chain's most
+erratic stage, as often as the measured spread of step times asks and the budget allows.
 """
 
 from __future__ import annotations
@@ -78,8 +78,9 @@ async def _hedged(run: ChainRun, tokens: list[int], position: int, first: bool) 
     fork: ChainRun | None = None
     reason: Literal["first_token", "straggler"] = "first_token"
     try:
-        if first and _want_first_hedge(run):
-            fork = await _open_fork(run, set(run.chain))
+        avoid = _first_hedge_avoid(run) if first else None
+        if avoid is not None:
+            fork = await _open_fork(run, avoid)
         if fork is None:
             watched: set[asyncio.Future[object]] = {primary, straggler}  # type: ignore[arg-type]
             await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
@@ -99,11 +100,15 @@ async def _hedged(run: ChainRun, tokens: list[int], position: int, first: bool) 
             fork.close_soon()
 
 
-def _want_first_hedge(run: ChainRun) -> bool:
+def _first_hedge_avoid(run: ChainRun) -> set[str] | None:
+    """The stage a first-token hedge should avoid (the chain's widest-spread one), or None when
+    this request is not to be hedged (spread too low, or over the budget)."""
     chains = run.chains
-    spread = max((chains.times(s).spread() for s in run.chain), default=1.0)
+    spread, worst = max(((chains.times(s).spread(), s) for s in run.chain), default=(1.0, ""))
     cost = len(run.tokens) * chains.num_blocks
-    return chains.budget.should_hedge(hedge_share(spread), cost, chains.straggler_policy)
+    if not chains.budget.should_hedge(hedge_share(spread), cost, chains.straggler_policy):
+        return None
+    return {worst}
 
 
 async def _open_fork(run: ChainRun, avoid: set[str]) -> ChainRun | None:

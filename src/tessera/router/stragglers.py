@@ -14,7 +14,9 @@ First-token hedging follows the stragglers seed (wait for the fastest k of n, an
 measured spread of response times): with n = 2 chains and k = 1, what adapts is the share of
 requests that are hedged. It grows with the spread of the stages' step times (p90 / p50) and is
 capped by a budget: the stage work of hedges that lost stays below `budget` times all the other
-stage work. Work is counted in block-tokens (tokens times blocks a hop ran them through).
+stage work. Work is counted in block-tokens (tokens times blocks a hop ran them through), and
+both sums decay as work is done (`HORIZON_BLOCK_TOKENS`), so that the bound holds over recent
+work too: a long quiet past does not fund a burst of hedges.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ PREFILL_TOKENS_PER_DECODE = 8.0
 # Spread (p90 / p50 of a stage's decode hops) at which hedging starts, and where it is total.
 SPREAD_LOW = 1.5
 SPREAD_HIGH = 4.0
+# The budget's memory: about a hundred short requests' work on the packaged model.
+HORIZON_BLOCK_TOKENS = 100_000.0
 
 
 @dataclass(frozen=True)
@@ -97,7 +101,9 @@ class HedgeBudget:
     credit: float = 0.0  # accumulated hedge share: a request is hedged when it reaches 1
 
     def add_work(self, block_tokens: float) -> None:
-        self.work += block_tokens
+        keep = math.exp(-block_tokens / HORIZON_BLOCK_TOKENS)
+        self.work = self.work * keep + block_tokens
+        self.extra *= keep
 
     def add_extra(self, block_tokens: float) -> None:
         self.extra += block_tokens
