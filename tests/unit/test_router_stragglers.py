@@ -3,7 +3,10 @@ stage worked around on in-process fake stages (hedged on a chain without it, ide
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
+import time
 
 import pytest
 from fastapi.testclient import TestClient
@@ -128,3 +131,47 @@ def test_first_tokens_are_hedged_when_step_times_spread_and_the_loser_is_closed(
         assert _metric(c, "tessera_hedge_extra_work_block_tokens_total") > 0
         assert _metric(c, "tessera_stage_work_block_tokens_total") > 0
         assert all(not s.sessions for s in stages.values())  # winner and loser both closed
+
+
+def test_a_single_holder_that_dies_and_restarts_finishes_the_answer():
+    """No replica: the failover waits, the restarted stage's first good probe ends its down
+    mark (no fixed down time), and the answer is replayed there: identical text."""
+    stages = fake_pool()
+    with TestClient(router_app(stages, smollm2_dir())) as c:
+        reference, chain = _streamed(c)
+        assert chain == "a>b>c"
+        for spare in ("a2", "c2"):
+            stages[spare].dead = True  # a pool with one holder per block
+        victim = stages["b"]
+        victim.die_at_step = victim.steps + 4
+
+        def restart() -> None:  # like `tessera up`: a new process, no sessions
+            while not victim.dead:
+                time.sleep(0.01)
+            time.sleep(0.5)
+            victim.sessions.clear()
+            victim.die_at_step = None
+            victim.dead = False
+
+        restarter = threading.Thread(target=restart)
+        restarter.start()
+        text, chain = _streamed(c)
+        restarter.join()
+        assert text == reference and chain == "a>b>c"
+        assert _metric(c, "tessera_failovers_total") == 1
+
+
+def test_a_stalled_event_loop_is_not_taken_for_a_straggler():
+    async def scenario() -> list[str]:
+        from tessera.router.chainrun import _Watchdog
+
+        fired: list[str] = []
+        watchdog = _Watchdog("b", 0.05, 0.2, fired.append)
+        time.sleep(0.5)  # the loop stalls past the deadline (the stage did nothing wrong)
+        await asyncio.sleep(0.1)
+        stalled = list(fired)
+        await asyncio.sleep(0.3)  # the grace ends: now it is the stage
+        watchdog.cancel()
+        return [*stalled, "|", *fired]
+
+    assert asyncio.run(scenario()) == ["|", "b"]
