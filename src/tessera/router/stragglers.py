@@ -39,7 +39,7 @@ HORIZON_BLOCK_TOKENS = 100_000.0
 
 @dataclass(frozen=True)
 class StragglerPolicy:
-    floor_s: float = 1.0  # no hop deadline below this
+    floor_s: float = 0.5  # no hop deadline below this (a batched prefill chunk stays inside)
     multiple: float = 4.0  # times the p90 of the stage's recent hops
     hedge_budget: float = 0.1  # hedge work that lost, as a share of all other stage work
     hedge_first_token: bool = True  # hedge first tokens at all (when spread and budget allow)

@@ -50,7 +50,7 @@ def test_a_stage_frozen_mid_stream_is_worked_around_with_identical_text(pool, re
         assert text == reference
         # Worked around, not waited out: the answer ended while the stage was still stopped.
         assert finished - frozen[0][2] < FREEZE_S / 2
-        assert metric(pool, 'tessera_hedges_total{reason="straggler"') == hedges_before + 1
+        assert metric(pool, 'tessera_hedges_total{reason="straggler"') >= hedges_before + 1
         up = httpx.get(f"{pool.base_url}/health", timeout=5).json()["stages_up"]
         assert frozen[0][0] not in up  # suspect: a stopped stage answers no probe
         _, new_chain, _ = stream_chat(pool, PROMPT, 4)
