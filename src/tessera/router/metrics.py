@@ -64,10 +64,11 @@ class RouterMetrics:
         )
         self.hedge_extra_work = Counter(
             "tessera_hedge_extra_work_block_tokens_total",
-            "Stage work of hedges that lost (cancelled): hedging's extra load",
+            "Stage work of hedges that lost (cancelled), by reason: hedging's extra load",
+            ["reason"],
             registry=r,
         )
 
     def hedged(self, reason: str, winner: str, extra_block_tokens: float) -> None:
         self.hedges.labels(reason, winner).inc()
-        self.hedge_extra_work.inc(extra_block_tokens)
+        self.hedge_extra_work.labels(reason).inc(extra_block_tokens)
