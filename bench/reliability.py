@@ -12,6 +12,18 @@ so that 64 sessions fit), packaged SmolLM2, one torch thread per worker.
    prompt's undisturbed answer (lost or repeated tokens would change it); 5xx and error events
    are counted; resident memory (VmRSS) of the router and each worker at the start and end.
    Targets: zero 5xx, zero wrong answers, RSS growth < 5%.
+3. Frozen-stage pause (issue 12): as 1, but the stage is stopped (SIGSTOP) instead of killed,
+   and continued (SIGCONT) only after the answer ends or FREEZE_S. Pause = stop to next token;
+   the baseline is the undisturbed token gap of the same answer. Target: pause <= 2 s (it was
+   the whole freeze, 30 s, before adaptive step deadlines).
+4. Straggler TTFT (issue 12): TTFT_CLIENTS clients stream short answers back to back for
+   TTFT_PHASE_S seconds; in the middle SLOW_S seconds one stage of the chain the router uses
+   (its middle one) is slowed 5x by stopping it 80% of every 50 ms. Once through the pool's router (first-token
+   hedging on, budget 10%) and once through a second router on the same stages with
+   `--hedge-budget 0` (the baseline), one after the other in the same run: p50 and p99 time to
+   first token of the requests that started in the slow window and over the whole phase, and
+   the hedging router's extra stage work (work of hedges that lost over the other stage work,
+   from its /metrics) over the phase. Target: p99 lower with hedging; extra work <= 10%.
 """
 
 from __future__ import annotations
@@ -48,6 +60,13 @@ PROMPTS = [
     "Name a planet.",
 ]
 SESSIONS = 64  # per stage, on top of the weights
+FREEZE_S = 30.0
+TTFT_CLIENTS = 4  # the median load of this pool: about half its decode batch
+TTFT_TOKENS = 4  # short answers: more first tokens in the window
+TTFT_PHASE_S = float(os.environ.get("TESSERA_BENCH_TTFT_PHASE_S", "30"))
+SLOW_S = 10.0
+SLOW_FACTOR = 5.0
+SLOW_PERIOD_S = 0.05
 
 
 def _port() -> int:
@@ -183,6 +202,190 @@ def failover_pauses(local: Local) -> list[tuple[str, float, float, bool]]:
     return rows
 
 
+def frozen_pauses(local: Local) -> list[tuple[str, float, float, bool]]:
+    prompt = "Tell me a short story about a dragon."
+    rows = []
+    for hop, label in ((0, "first"), (-1, "last")):
+        local.wait_all_up()
+        ref, _, ref_times, _, _ = stream(local.base, prompt, 32)
+        gap = statistics.median(b - a for a, b in zip(ref_times, ref_times[1:], strict=False))
+        frozen: list[tuple[int, float]] = []
+
+        def freeze(chain, n, hop=hop, frozen=frozen):
+            if n == 6 and not frozen:
+                port = local.endpoints[chain[hop]].rsplit(":", 1)[1]
+                pid = _pid("worker", f"--port={port}")
+                os.kill(pid, signal.SIGSTOP)
+                frozen.append((pid, time.perf_counter()))
+
+        try:
+            text, chain, times, _, errors = stream(local.base, prompt, 32, freeze)
+        finally:
+            for pid, t_stop in frozen:
+                time.sleep(max(0.0, min(FREEZE_S - (time.perf_counter() - t_stop), 1.0)))
+                os.kill(pid, signal.SIGCONT)
+        after = [t for t in times if frozen and t > frozen[0][1]]
+        pause = after[0] - frozen[0][1] if after else float("inf")
+        rows.append((f"{label} ({chain[hop]})", pause, gap, text == ref and not errors))
+    return rows
+
+
+def print_frozen(rows: list[tuple[str, float, float, bool]]) -> None:
+    print("\nfrozen-stage pause (SIGSTOP of one stage after 6 streamed tokens, 32-token answer)")
+    print(f"{'stage stopped':<16}{'pause s':>9}{'token gap s':>13}{'ratio':>8}  same text")
+    for label, pause, gap, same in rows:
+        print(f"{label:<16}{pause:>9.3f}{gap:>13.3f}{pause / gap:>8.1f}  {same}")
+    worst = max(r[1] for r in rows)
+    print(f"worst pause {worst:.3f} s (target <= 2 s: {'met' if worst <= 2 else 'NOT met'})")
+
+
+def _metrics(base: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for line in httpx.get(f"{base}/metrics", timeout=10).text.splitlines():
+        if line.startswith("tessera_") and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
+def _second_router(local: Local, port: int, *extra: str) -> subprocess.Popen[bytes]:
+    """Another router on the pool's stages: the pool's router's own argv, another port."""
+    pid = _pid("router", f"--port={local.port}")
+    argv = [a.decode() for a in pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")]
+    argv = [a for a in argv if a and not a.startswith(("--port=", "--api-keys-file="))]
+    return subprocess.Popen(
+        [*argv, f"--port={port}", *extra],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        cwd=REPO,
+    )
+
+
+def _slow_down(pid: int, until: float) -> None:
+    """Emulate a SLOW_FACTOR x slower stage: stopped for all but 1/SLOW_FACTOR of each period."""
+    run_s = SLOW_PERIOD_S / SLOW_FACTOR
+    try:
+        while time.perf_counter() < until:
+            os.kill(pid, signal.SIGSTOP)
+            time.sleep(SLOW_PERIOD_S - run_s)
+            os.kill(pid, signal.SIGCONT)
+            time.sleep(run_s)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def ttft_phase(base: str, victim_pid: int) -> tuple[list[float], list[float]]:
+    """(TTFTs of requests started in the slow window, all TTFTs) over one TTFT_PHASE_S phase."""
+    t0 = time.perf_counter()
+    slow_from = t0 + (TTFT_PHASE_S - SLOW_S) / 2
+    slow_to = slow_from + SLOW_S
+    stop_at = t0 + TTFT_PHASE_S
+    samples: list[tuple[float, float]] = []
+    lock = threading.Lock()
+
+    def client(i: int) -> None:
+        k = i
+        while time.perf_counter() < stop_at:
+            start = time.perf_counter()
+            _, _, times, status, _ = stream(base, PROMPTS[k % len(PROMPTS)], TTFT_TOKENS)
+            k += 1
+            if status == 200 and times:
+                with lock:
+                    samples.append((start, times[0] - start))
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(TTFT_CLIENTS)]
+    for t in threads:
+        t.start()
+    time.sleep(max(slow_from - time.perf_counter(), 0.0))
+    _slow_down(victim_pid, slow_to)
+    for t in threads:
+        t.join()
+    slow = [ttft for start, ttft in samples if slow_from <= start < slow_to]
+    return slow, [ttft for _, ttft in samples]
+
+
+def _q(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(int(q * len(ordered)), len(ordered) - 1)] if ordered else float("nan")
+
+
+def print_ttft(local: Local) -> None:
+    local.wait_all_up()
+    chain = stream(local.base, PROMPTS[0], 2)[1]
+    victim_name = chain[len(chain) // 2]
+    victim = _pid("worker", f"--port={local.endpoints[victim_name].rsplit(':', 1)[1]}")
+    port = _port()
+    baseline = _second_router(local, port, "--hedge-budget=0", "--straggler-floor-s=1000")
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.3)
+        rows = []
+        for label, url in (("hedging on", local.base), ("hedging off", base_url)):
+            local.wait_all_up()
+            for p in PROMPTS:  # hop times of this router, warmed
+                stream(url, p, 8)
+            before = _metrics(url)
+            slow, all_ttft = ttft_phase(url, victim)
+            after = _metrics(url)
+
+            def delta(name: str, before=before, after=after) -> float:
+                return after.get(name, 0.0) - before.get(name, 0.0)
+
+            work = delta("tessera_stage_work_block_tokens_total")
+            extras = [
+                delta(f'tessera_hedge_extra_work_block_tokens_total{{reason="{reason}"}}')
+                for reason in ("first_token", "straggler")
+            ]
+            hedges = [
+                sum(
+                    v - before.get(k, 0.0)
+                    for k, v in after.items()
+                    if k.startswith(f'tessera_hedges_total{{reason="{reason}"')
+                )
+                for reason in ("first_token", "straggler")
+            ]
+            useful = work - sum(extras)
+            shares = [e / useful if useful > 0 else 0.0 for e in extras]
+            rows.append((label, slow, all_ttft, hedges, shares))
+    finally:
+        baseline.send_signal(signal.SIGINT)
+        try:
+            baseline.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            baseline.kill()
+    print(
+        f"\nTTFT, {TTFT_CLIENTS} clients streaming {TTFT_TOKENS}-token answers for "
+        f"{TTFT_PHASE_S:.0f} s; stage {victim_name} of {'>'.join(chain)} slowed "
+        f"{SLOW_FACTOR:g}x for the middle {SLOW_S:.0f} s"
+    )
+    print(
+        f"{'router':<13}{'n slow':>7}{'p50 slow s':>11}{'p99 slow s':>11}{'n all':>7}"
+        f"{'p99 all s':>10}{'hedges 1st':>11}{'extra 1st':>10}{'straggler':>10}{'extra':>8}"
+    )
+    for label, slow, all_ttft, hedges, shares in rows:
+        print(
+            f"{label:<13}{len(slow):>7}{_q(slow, 0.5):>11.3f}{_q(slow, 0.99):>11.3f}"
+            f"{len(all_ttft):>7}{_q(all_ttft, 0.99):>10.3f}{hedges[0]:>11.0f}{shares[0]:>10.1%}"
+            f"{hedges[1]:>10.0f}{shares[1]:>8.1%}"
+        )
+    on, off = rows
+    ratio = _q(on[1], 0.99) / _q(off[1], 0.99)
+    first = on[4][0]
+    print(
+        f"p99 TTFT in the slow window, hedging on / off: {ratio:.2f}; first-token hedging's "
+        f"extra work {first:.1%} (target <= 10%: {'met' if first <= 0.10 else 'NOT met'}), "
+        f"straggler hedges' {on[4][1]:.1%}"
+    )
+
+
 def load(local: Local, seconds: float, reference: dict[str, str]) -> dict[str, int]:
     counts = {"answers": 0, "wrong": 0, "5xx": 0, "429": 0, "error_events": 0, "tokens": 0}
     lock = threading.Lock()
@@ -223,6 +426,9 @@ def main() -> None:
             print(f"{label:<16}{pause:>9.3f}{gap:>13.3f}{pause / gap:>8.1f}  {same}")
         worst = max(r[1] for r in rows)
         print(f"worst pause {worst:.3f} s (target < 2 s: {'met' if worst < 2 else 'NOT met'})")
+
+        print_frozen(frozen_pauses(local))
+        print_ttft(local)
 
         local.wait_all_up()
         reference = {p: stream(local.base, p, 8)[0] for p in PROMPTS}

@@ -4,7 +4,9 @@ A `FakeStage` keeps, per session, the token ids it has seen (its "KV cache": rew
 step starts before its end, refused when it starts after). Hidden states are the token ids
 themselves; the last stage "samples" a token that depends on the whole history and the seed,
 so a wrong replay (a lost or repeated token) changes every later token. `die_at_step=N` makes
-the N-th step (0-based) fail like a killed process, and every call after it.
+the N-th step (0-based) fail like a killed process, and every call after it; `freeze_at_step=N`
+makes it hang from its N-th step on, like a SIGSTOPped process (`/state` fails: a probe times
+out), until `thaw()`.
 """
 
 from __future__ import annotations
@@ -34,8 +36,10 @@ class FakeStage:
         total_slots: int = 300,
         die_at_step: int | None = None,
         step_delay_s: float = 0.0,
+        freeze_at_step: int | None = None,
     ) -> None:
         self.server, self.start, self.end = name, start, end
+        self.base_url, self.token = f"http://fake-{name}", None
         self.total_slots = total_slots
         self.die_at_step = die_at_step
         self.step_delay_s = step_delay_s
@@ -43,6 +47,15 @@ class FakeStage:
         self.dead = False
         self.sessions: dict[str, tuple[int, list[int]]] = {}  # sid -> (slots, tokens seen)
         self.max_used = 0
+        self.freeze_at_step = freeze_at_step
+        self.frozen = False
+        self._thawed: asyncio.Event | None = None
+
+    def thaw(self) -> None:
+        self.frozen = False
+        self.freeze_at_step = None
+        if self._thawed is not None:
+            self._thawed.set()
 
     def _alive(self) -> None:
         if self.dead:
@@ -69,6 +82,10 @@ class FakeStage:
         if self.die_at_step is not None and self.steps >= self.die_at_step:
             self.dead = True
             raise StageFailed(self.server, "ServerDisconnectedError: Server disconnected")
+        if self.freeze_at_step is not None and self.steps >= self.freeze_at_step:
+            self.frozen = True
+            self._thawed = self._thawed or asyncio.Event()
+            await self._thawed.wait()
         self.steps += 1
         if self.step_delay_s:
             await asyncio.sleep(self.step_delay_s)
@@ -97,6 +114,8 @@ class FakeStage:
 
     async def state(self) -> wire.StageState:
         self._alive()
+        if self.frozen:
+            raise StageFailed(self.server, "TimeoutError: /state did not answer")
         free = self.total_slots - self.used
         return wire.StageState(
             name=self.server,

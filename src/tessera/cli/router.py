@@ -9,6 +9,7 @@ import pathlib
 from typing import Any
 
 from tessera.errors import InvalidInput
+from tessera.router.stragglers import StragglerPolicy
 
 from .files import load_mapping
 
@@ -60,14 +61,37 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--down-s",
         type=float,
-        default=10.0,
-        help="after a failed step, do not route to that stage for S seconds (default 10)",
+        default=0.0,
+        help="after a failed step, do not route to that stage for S seconds at least; it is "
+        "used again at its first successful probe after that (default 0)",
     )
     p.add_argument(
         "--failover-timeout-s",
         type=float,
-        default=10.0,
-        help="after a stage failure, find a replacement chain within S or fail (default 10)",
+        default=30.0,
+        help="after a stage failure, find a replacement chain (or see the stage restart) "
+        "within S or fail (default 30)",
+    )
+    p.add_argument(
+        "--straggler-floor-s",
+        type=float,
+        default=StragglerPolicy.floor_s,
+        help="a step is hedged when it takes longer than MULTIPLE times its stage's recent "
+        f"p90, and never sooner than this (default {StragglerPolicy.floor_s:g})",
+    )
+    p.add_argument(
+        "--straggler-multiple",
+        type=float,
+        default=StragglerPolicy.multiple,
+        help=f"see --straggler-floor-s (default {StragglerPolicy.multiple:g})",
+    )
+    p.add_argument(
+        "--hedge-budget",
+        type=float,
+        default=StragglerPolicy.hedge_budget,
+        help="first tokens are hedged on a second chain while the work of hedges that lost "
+        "stays below this share of the other stage work; 0: never (default "
+        f"{StragglerPolicy.hedge_budget:g})",
     )
     p.add_argument(
         "--reload-interval-s",
@@ -128,11 +152,11 @@ def load_config(args: argparse.Namespace) -> Any:
     plan_set = parse_plan_set(
         load_mapping(args.problem), load_mapping(args.plan), load_mapping(args.endpoints)
     )
-    for flag in ("max_wait_s", "down_s", "reload_interval_s"):
+    for flag in ("max_wait_s", "down_s", "reload_interval_s", "straggler_floor_s", "hedge_budget"):
         if getattr(args, flag) < 0:
             raise InvalidInput(f"--{flag.replace('_', '-')}", "must not be negative")
     positive = ("step_timeout_s", "failover_timeout_s", "max_queue", "max_header_bytes")
-    timeouts = ("header_timeout_s", "body_timeout_s", "keep_alive_s")
+    timeouts = ("header_timeout_s", "body_timeout_s", "keep_alive_s", "straggler_multiple")
     for flag in positive + timeouts:
         if getattr(args, flag) <= 0:
             raise InvalidInput(f"--{flag.replace('_', '-')}", "must be positive")
@@ -154,6 +178,12 @@ def load_config(args: argparse.Namespace) -> Any:
         step_timeout_s=args.step_timeout_s,
         down_s=args.down_s,
         failover_timeout_s=args.failover_timeout_s,
+        stragglers=StragglerPolicy(
+            floor_s=args.straggler_floor_s,
+            multiple=args.straggler_multiple,
+            hedge_budget=args.hedge_budget,
+            hedge_first_token=args.hedge_budget > 0,
+        ),
         api_keys_file=keys,
         worker_token=read_token(args.worker_token_file, "--worker-token-file"),
         plan_files=files if args.reload_interval_s > 0 else None,

@@ -35,6 +35,7 @@ from tessera.placement import (
 )
 from tessera.placement.evaluate import evaluate_placement
 from tessera.placement.perf import chain_hops, predicted_for
+from tessera.router.stragglers import StragglerPolicy
 
 CPU_BYTES_PER_S = 6e9  # effective weight streaming rate of one core in a decode step (measured)
 BASE_RTT_S = 0.001  # one loopback HTTP hop, measured (about 0.5-1 ms)
@@ -93,8 +94,14 @@ class RouterIn(_Strict):
     port: int = Field(default=8000, gt=0, lt=65536)
     max_wait_s: float = Field(default=10.0, ge=0.0)
     max_queue: int = Field(default=256, gt=0)
-    down_s: float = Field(default=10.0, ge=0.0)
-    failover_timeout_s: float = Field(default=10.0, gt=0.0)
+    down_s: float = Field(default=0.0, ge=0.0)  # at least; then until a probe succeeds
+    # Long enough to see a killed stage restarted (and its model loaded) by `tessera up`.
+    failover_timeout_s: float = Field(default=30.0, gt=0.0)
+    step_timeout_s: float = Field(default=60.0, gt=0.0)  # a hop longer than this has failed
+    # A hop slower than multiple x its stage's recent p90 (and than floor) is hedged.
+    straggler_floor_s: float = Field(default=StragglerPolicy.floor_s, ge=0.0)
+    straggler_multiple: float = Field(default=StragglerPolicy.multiple, gt=0.0)
+    hedge_budget: float = Field(default=StragglerPolicy.hedge_budget, ge=0.0)  # 0: no hedging
     api_keys_file: str | None = Field(
         default=None, description="file of API keys (relative to this file); none: open"
     )

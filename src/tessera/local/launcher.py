@@ -183,6 +183,10 @@ class Launcher:
             f"--max-queue={self.cfg.router.max_queue}",
             f"--down-s={self.cfg.router.down_s}",
             f"--failover-timeout-s={self.cfg.router.failover_timeout_s}",
+            f"--step-timeout-s={self.cfg.router.step_timeout_s}",
+            f"--straggler-floor-s={self.cfg.router.straggler_floor_s}",
+            f"--straggler-multiple={self.cfg.router.straggler_multiple}",
+            f"--hedge-budget={self.cfg.router.hedge_budget}",
             f"--worker-token-file={self.token_path}",
             "--log-level=warning",
         ]

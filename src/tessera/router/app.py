@@ -26,8 +26,10 @@ from .guard import CountOutcomes, Guard
 from .http_limits import HttpLimits, uvicorn_settings
 from .metrics import RouterMetrics
 from .openai_routes import RouterState, build_routes
+from .probe import ProbeThread
 from .reload import PlanFiles, PlanReloader, PlanSet
 from .stage_client import StageClient
+from .stragglers import StragglerPolicy
 from .tokenizer import Tokenizer
 
 log = logging.getLogger("tessera.router")
@@ -45,8 +47,9 @@ class RouterConfig:
     max_queue: int = 256  # requests waiting for room at once; more get 429 at once
     poll_interval_s: float = 1.0
     step_timeout_s: float = 60.0  # a hop that takes longer counts as failed (then failover)
-    down_s: float = 10.0  # a stage whose step failed is not used for this long
-    failover_timeout_s: float = 10.0  # per failure: find a chain with room within this, or fail
+    down_s: float = 0.0  # a stage whose step failed is not used for this long at least
+    failover_timeout_s: float = 30.0  # per failure: find a chain with room within this, or fail
+    stragglers: StragglerPolicy = StragglerPolicy()  # adaptive step deadlines and hedging
     api_keys_file: pathlib.Path | None = None  # None: open (local development)
     worker_token: str | None = None  # sent to every worker (`Authorization: Bearer`)
     max_body_bytes: int = 4 << 20
@@ -68,7 +71,12 @@ def build_app(config: RouterConfig) -> FastAPI:
     names = [c.name for c in config.problem.clients]
     client_index = names.index(config.client) if config.client in names else 0
     chains = LiveChains(
-        config.problem, config.plan, clients, client_index=client_index, down_s=config.down_s
+        config.problem,
+        config.plan,
+        clients,
+        client_index=client_index,
+        down_s=config.down_s,
+        straggler_policy=config.stragglers,
     )
     keys = ApiKeys(config.api_keys_file) if config.api_keys_file is not None else None
     if keys is None:
@@ -92,6 +100,9 @@ def build_app(config: RouterConfig) -> FastAPI:
         failover=FailoverPolicy(timeout_s=config.failover_timeout_s),
     )
 
+    chains.on_hedge = state.metrics.hedged
+    chains.on_work = state.metrics.stage_work.inc
+
     def limits_from(new: PlanSet) -> None:
         state.max_input_tokens = new.problem.workload.max_input_tokens
         state.max_output_tokens = new.problem.workload.max_output_tokens
@@ -113,12 +124,20 @@ def build_app(config: RouterConfig) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await chains.poll_once()
-        tasks = [asyncio.create_task(chains.poll_forever(config.poll_interval_s))]
+        prober: ProbeThread | None = None
+        if config.stage_clients is None:  # real stages: probed off the event loop
+            prober = ProbeThread(chains, asyncio.get_running_loop(), config.poll_interval_s)
+            prober.start()
+            tasks = [asyncio.create_task(chains.housekeep_forever(config.poll_interval_s))]
+        else:  # in-process stand-ins live on this loop
+            tasks = [asyncio.create_task(chains.poll_forever(config.poll_interval_s))]
         if reloader is not None:
             tasks.append(asyncio.create_task(reloader.run_forever(config.reload_interval_s)))
         yield
         for task in tasks:
             task.cancel()
+        if prober is not None:
+            prober.stop()
         held = {id(c): c for c in [*clients.values(), *chains.stage_clients()]}
         for client in held.values():
             await client.aclose()

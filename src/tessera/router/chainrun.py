@@ -4,11 +4,17 @@ A `ChainRun` owns everything needed to rebuild the KV caches on another chain by
 history (prompt plus generated tokens), because sampling is a function of `(seed, position)`
 only (see `failover.py`). Sessions are closed when the run ends, fails or is cancelled (client
 disconnect), on a task of their own so that a cancellation cannot skip the close.
+
+Each hop has a deadline learned from the stage's recent hop times (`stragglers.py`); a hop that
+overruns it is reported to the caller (`overrun`), which hedges it, while the hop keeps going
+(it may still win). A hedge is a `fork` of the run: same request, history and sampling, its own
+sessions (a fresh epoch); the winner's chain is `adopt`ed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Coroutine
@@ -24,10 +30,47 @@ from .stage_client import StageFailed, StepSampling, Tensor
 log = logging.getLogger("tessera.router")
 _background: set[asyncio.Task[None]] = set()  # close tasks, kept referenced until done
 CLOSE_WAIT_S = 2.0  # how long a failover waits for old sessions to close before re-opening
+LOOP_LAG_S = 0.25  # a hop deadline that fires this late: the event loop was stalled
+
+
+class _Epochs:
+    """Session-id epochs shared by a run and its forks: every chain tried gets a new one."""
+
+    def __init__(self, used: int) -> None:
+        self.used = used
+
+    def next(self) -> int:
+        self.used += 1
+        return self.used
 
 
 class SessionLost(StageFailed):
     """A stage answered but no longer knows our session (it restarted or expired it)."""
+
+
+class _Watchdog:
+    """Calls `overrun(server)` once a hop has taken `deadline_s`: a timer, not a task, because
+    it runs on every hop. A timer that fires late means the event loop itself was stalled (not
+    the stage): the hop then gets another `grace_s` instead of being reported."""
+
+    def __init__(
+        self, server: str, deadline_s: float, grace_s: float, overrun: Callable[[str], None]
+    ) -> None:
+        self.server, self.grace_s, self.overrun = server, grace_s, overrun
+        self._loop = asyncio.get_running_loop()
+        self._due = self._loop.time() + deadline_s
+        self._handle = self._loop.call_at(self._due, self._fire)
+
+    def _fire(self) -> None:
+        now = self._loop.time()
+        if now - self._due > LOOP_LAG_S:
+            self._due = now + self.grace_s
+            self._handle = self._loop.call_at(self._due, self._fire)
+            return
+        self.overrun(self.server)
+
+    def cancel(self) -> None:
+        self._handle.cancel()
 
 
 @dataclass
@@ -45,6 +88,27 @@ class ChainRun:
     failovers: int = 0  # chains rebuilt so far
     epoch: int = 0  # chains tried so far (each gets its own session id)
     closed: bool = False
+    work: float = 0.0  # stage work sent by this run (block-tokens), for the hedging budget
+    epochs: _Epochs | None = None
+
+    def next_epoch(self) -> int:
+        if self.epochs is None:
+            self.epochs = _Epochs(self.epoch)
+        return self.epochs.next()
+
+    def fork(self) -> ChainRun:
+        """A run of the same request on no chain yet (open it): a hedge or a replacement."""
+        fork = dataclasses.replace(self, hops=[], work=0.0, closed=False, failovers=0)
+        fork.epochs = self.epochs if self.epochs is not None else _Epochs(self.epoch)
+        self.epochs = fork.epochs
+        fork.epoch = fork.next_epoch()
+        return fork
+
+    def adopt(self, fork: ChainRun) -> None:
+        """Continue on `fork`'s chain (it won a race): our old sessions close in the background."""
+        _spawn(self._close(self.hops, self.session_id))
+        self.hops, self.epoch = fork.hops, fork.epoch
+        fork.closed = True  # its sessions are ours now
 
     @property
     def session_id(self) -> str:
@@ -55,26 +119,58 @@ class ChainRun:
     def chain(self) -> tuple[str, ...]:
         return tuple(h.server for h in self.hops)
 
-    async def relay(self, new_tokens: list[int], position: int) -> StepToken:
-        """One step through the chain (hub and spoke): token ids in, the sampled token out."""
+    async def relay(
+        self,
+        new_tokens: list[int],
+        position: int,
+        overrun: Callable[[str], None] | None = None,
+    ) -> StepToken:
+        """One step through the chain (hub and spoke): token ids in, the sampled token out.
+        `overrun(server)` is called when a hop takes longer than its stage's deadline."""
         x: Tensor | StepToken = Tensor.tokens(new_tokens)
         sid = self.session_id
         for i, hop in enumerate(self.hops):
             if not isinstance(x, Tensor):
                 raise StageFailed(hop.server, "a stage before the last returned a token")
             last = i == len(self.hops) - 1
-            t0 = time.perf_counter()
-            try:
-                x = await self.chains.client(hop.server).step(
-                    sid, x, position, self.sampling if last else None
-                )
-            except NotFound as exc:
-                raise SessionLost(hop.server, str(exc)) from exc
-            if self.observe_hop is not None:
-                self.observe_hop(hop.server, time.perf_counter() - t0)
+            work = len(new_tokens) * (hop.end_block - hop.start_block)
+            self.work += work
+            self.chains.count_work(work)
+            x = await self._hop(hop.server, sid, x, position, last, len(new_tokens), overrun)
         if not isinstance(x, StepToken):
             raise StageFailed(self.hops[-1].server, "the last stage did not return a token")
         return x
+
+    async def _hop(
+        self,
+        server: str,
+        sid: str,
+        x: Tensor,
+        position: int,
+        last: bool,
+        tokens: int,
+        overrun: Callable[[str], None] | None,
+    ) -> Tensor | StepToken:
+        client = self.chains.client(server)
+        times = self.chains.times(server)
+        deadline_s = times.deadline_s(tokens, self.chains.straggler_policy)
+        t0 = time.perf_counter()
+        watchdog = None
+        if deadline_s is not None and overrun is not None:
+            watchdog = _Watchdog(server, deadline_s, self.chains.straggler_policy.floor_s, overrun)
+        try:
+            out = await client.step(sid, x, position, self.sampling if last else None)
+        except NotFound as exc:
+            raise SessionLost(server, str(exc)) from exc
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
+        elapsed = time.perf_counter() - t0
+        # Censored at the deadline: one freeze must not inflate the next deadlines.
+        times.record(tokens, min(elapsed, deadline_s) if deadline_s is not None else elapsed)
+        if self.observe_hop is not None:
+            self.observe_hop(server, elapsed)
+        return out
 
     async def open(self, hops: list[Hop], expected_end_s: float) -> None:
         """Open a session on every hop of `hops` (then the run's chain); on failure close those

@@ -1,11 +1,17 @@
 """Live chain choice: WS-RR (`tessera.placement.routing.ws_rr`) on the workers' state.
 
-Each server's load is its last `/state` (polled every second) corrected by the router's own
-opens and closes since that poll, plus the router's own sessions with their expected remaining
-time (for the waiting-time penalty). A server whose `/state` fails, or that is not ready, is
-excluded until it answers again; a server whose step failed (see `failover.py`) is excluded for
-`down_s` seconds at least, even if its `/state` still answers. The worker stays the authority on admission: an open that it
-refuses (busy) makes the caller wait or try another chain.
+Each server's load is its last `/state` (probed every second, see `probe.py`) corrected by the
+router's own opens and closes since that probe, plus the router's own sessions with their
+expected remaining time (for the waiting-time penalty). A server whose `/state` fails, or that
+is not ready, is excluded until it answers again. A server whose step failed, or overran its
+deadline (a suspect straggler, see `failover.py`), is excluded until a probe that started after
+the mark succeeds (and for `down_s` at least): a restarted or thawed stage is used again at
+once, a frozen one never. Down servers are probed more often (`DOWN_PROBE_S`). The worker stays
+the authority on admission: an open that it refuses (busy) makes the caller wait or try another
+chain.
+
+Per server it also keeps the recent hop times (`stragglers.StageTimes`) and, for the whole
+router, the stage work done and the hedging budget (`stragglers.HedgeBudget`).
 
 `replace` swaps the plan for new requests (see `reload.py`). Requests already running keep their
 chain: a server that left the plan stays reachable by name (`_retired`) until its last session
@@ -18,7 +24,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 from tessera.api.stage import StageState, pages_for
@@ -27,6 +33,19 @@ from tessera.placement import Plan, Problem
 from tessera.placement.routing import RouteChoice, RoutingTable, ServerLoad, routing_table, ws_rr
 
 from .stage_client import StageClient, StageFailed
+from .stragglers import HedgeBudget, StageTimes, StragglerPolicy
+
+DOWN_PROBE_S = 0.25  # how often a down server is probed (a restart is seen within this)
+
+
+@dataclass(frozen=True)
+class ProbeTarget:
+    """What the probe thread needs to reach a server (it has clients of its own)."""
+
+    name: str
+    base_url: str
+    token: str | None
+
 
 log = logging.getLogger("tessera.router")
 
@@ -44,6 +63,7 @@ class _Server:
     state: StageState | None = None
     up: bool = False
     down_until_s: float = 0.0  # monotonic: not routed to before this (a failed step)
+    marked_s: float = -1.0  # monotonic: when last marked down; only a later probe clears it
     delta_slots: int = 0  # our opens minus closes since the last poll
     own: dict[str, tuple[float, int]] = dataclasses.field(
         default_factory=dict
@@ -58,7 +78,8 @@ class LiveChains:
         clients: Mapping[str, StageClient],
         *,
         client_index: int = 0,
-        down_s: float = 10.0,
+        down_s: float = 0.0,
+        straggler_policy: StragglerPolicy | None = None,
     ) -> None:
         self.problem = problem
         self.plan = plan
@@ -71,6 +92,13 @@ class LiveChains:
         self.down_s = down_s
         self.waiting = 0  # requests queued for room (see `generate.reserve`)
         self._retired: list[tuple[str, _Server]] = []  # left the plan; still used by requests
+        self.straggler_policy = straggler_policy or StragglerPolicy()
+        self._times: dict[str, StageTimes] = {}
+        self.budget = HedgeBudget()
+        # Metrics hooks: (reason, winner, extra block-tokens) of each hedge; block-tokens of work.
+        self.on_hedge: Callable[[str, str, float], None] | None = None
+        self.on_work: Callable[[float], None] | None = None
+        self.probe_targets: tuple[ProbeTarget, ...] = self._targets()
 
     async def replace(
         self,
@@ -102,7 +130,15 @@ class LiveChains:
         self.ends = {p.server: p.end for p in plan.placement}
         self.servers = servers
         self._measured = False
+        self.probe_targets = self._targets()
         self.notify()
+
+    def _targets(self) -> tuple[ProbeTarget, ...]:
+        return tuple(
+            ProbeTarget(n, s.client.base_url, s.client.token)
+            for n, s in self.servers.items()
+            if s.client is not None
+        )
 
     def _find(self, server: str) -> _Server | None:
         """The server by name: in the plan, else the latest retired one (running requests)."""
@@ -134,17 +170,42 @@ class LiveChains:
     async def _poll(self, name: str, s: _Server) -> None:
         if s.client is None:
             return
+        started_s = time.monotonic()
         try:
-            state = await s.client.state()
+            state: StageState | TesseraError = await s.client.state()
         except TesseraError as exc:  # unreachable, refused (401) or a bad answer: down
+            state = exc
+        self._apply(name, s, started_s, state)
+
+    def apply_probe(
+        self, name: str, base_url: str, started_s: float, state: StageState | TesseraError
+    ) -> None:
+        """A probe's answer (from the probe thread, on the event loop): the server's state, or
+        why it is down. Ignored if the server has changed since (a plan reload)."""
+        s = self.servers.get(name)
+        if s is None or s.client is None or s.client.base_url != base_url:
+            return
+        self._apply(name, s, started_s, state)
+        self._use_measured_speeds()
+        self.notify()
+
+    def _apply(
+        self, name: str, s: _Server, started_s: float, state: StageState | TesseraError
+    ) -> None:
+        if isinstance(state, TesseraError):
             if s.up:
-                log.warning("stage %s is down: %s", name, exc)
+                log.warning("stage %s is down: %s", name, state)
             s.up = False
             return
-        up = state.ready and time.monotonic() >= s.down_until_s
+        cleared = started_s >= s.marked_s and time.monotonic() >= s.down_until_s
+        up = state.ready and cleared
         if up and not s.up:
             log.info("stage %s is up (%d free slots)", name, state.free_slots)
         s.state, s.up, s.delta_slots = state, up, 0
+
+    def is_up(self, name: str) -> bool:
+        s = self.servers.get(name)
+        return s is not None and s.up
 
     async def poll_once(self) -> None:
         await asyncio.gather(*(self._poll(n, s) for n, s in self.servers.items()))
@@ -153,19 +214,55 @@ class LiveChains:
         self.notify()
 
     async def poll_forever(self, interval_s: float = 1.0) -> None:
+        """Probe on the event loop (in-process stages in tests; `probe.py` otherwise)."""
         while True:
-            await asyncio.sleep(interval_s)
+            await asyncio.sleep(min(interval_s, DOWN_PROBE_S) if self._down() else interval_s)
             await self.poll_once()
 
-    def mark_down(self, server: str) -> None:
-        """A hop failed: stop routing to it for `down_s`, and after that until its /state
-        answers again."""
+    async def housekeep_forever(self, interval_s: float = 1.0) -> None:
+        """Close the clients of retired servers (the probe thread does the probing)."""
+        while True:
+            await asyncio.sleep(interval_s)
+            await self._close_idle_retired()
+
+    def mark_down(self, server: str, why: str = "a step failed") -> None:
+        """Stop routing to `server` until a probe started from now on succeeds (and for
+        `down_s` at least)."""
         s = self.servers.get(server)
         if s is not None:
             if s.up:
-                log.warning("stage %s marked down for %g s", server, self.down_s)
+                log.warning("stage %s marked down (%s) until a probe succeeds", server, why)
             s.up = False
-            s.down_until_s = time.monotonic() + self.down_s
+            s.marked_s = time.monotonic()
+            s.down_until_s = s.marked_s + self.down_s
+            self.notify()
+
+    def suspect(self, server: str) -> None:
+        """A step on `server` overran its deadline: new requests avoid it until a probe
+        succeeds (a frozen stage answers no probe; a merely busy one does, at once)."""
+        self.mark_down(server, "a step overran its deadline")
+
+    # --- stragglers -------------------------------------------------------------------------
+    def times(self, server: str) -> StageTimes:
+        t = self._times.get(server)
+        if t is None:
+            t = self._times[server] = StageTimes()
+        return t
+
+    @property
+    def num_blocks(self) -> int:
+        return self.problem.num_blocks
+
+    def count_work(self, block_tokens: float) -> None:
+        self.budget.add_work(block_tokens)
+        if self.on_work is not None:
+            self.on_work(block_tokens)
+
+    def hedged(self, reason: str, winner: str, extra_block_tokens: float) -> None:
+        """A hedge ended: `winner` is primary, hedge or none; the loser's work was extra."""
+        self.budget.add_extra(extra_block_tokens)
+        if self.on_hedge is not None:
+            self.on_hedge(reason, winner, extra_block_tokens)
 
     def up_servers(self) -> list[str]:
         return [n for n, s in self.servers.items() if s.up]
@@ -212,15 +309,17 @@ class LiveChains:
             pass  # a timeout is an expected outcome: the caller re-checks and maybe gives up
 
     # --- choice and accounting ----------------------------------------------------------------
-    def choose(self, input_tokens: int, output_tokens: int) -> RouteChoice | None:
-        """The best chain of servers that are up, under the live load (WS-RR)."""
+    def choose(
+        self, input_tokens: int, output_tokens: int, *, avoid: Collection[str] = ()
+    ) -> RouteChoice | None:
+        """The best chain of servers that are up and not in `avoid`, under the live load."""
         return ws_rr(
             self.table,
             self.client_index,
             self.loads(time.monotonic(), input_tokens + output_tokens),
             input_tokens=input_tokens,
             output_tokens=output_tokens,
-            exclude=self._down(),
+            exclude=self._down() | set(avoid),
         )
 
     def choose_unloaded(

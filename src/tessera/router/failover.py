@@ -7,45 +7,169 @@ stages with the old chain or differ entirely), new sessions are opened on it, an
 history (prompt plus tokens generated so far) is replayed there in one prefill. The last stage
 samples from `(seed, position)` only, so the replay yields the token the failed step would
 have given: the client sees a pause, never a lost or repeated token. If no chain has room
-within `timeout_s` the request fails with `Unavailable` (503, or an error event in a stream).
+within `timeout_s` the request fails with `Unavailable` (503, or an error event in a stream);
+`timeout_s` is long enough by default to see a killed stage restart (its down mark ends at the
+first successful probe, see `chains.py`), so a pool without a replica still finishes the answer.
+
+Stragglers (a stage that is slow or frozen, not dead) are hedged rather than waited on: a hop
+that overruns its adaptive deadline (`stragglers.py`) marks the stage suspect and starts a
+`fork` of the run on a chain without it, replaying the history there; the first of the two to
+give the token wins and the other is cancelled and its sessions closed. The first token of a
+request may be hedged the same way from the start, on an idle chain without the chain's most
+erratic stage, as often as the measured spread of step times asks and the budget allows.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from typing import Literal
 
 from tessera.api.stage import StepToken
 from tessera.errors import Busy, Unavailable
 
 from .chainrun import ChainRun, SessionLost
 from .stage_client import StageFailed
+from .stragglers import hedge_share
 
 log = logging.getLogger("tessera.router")
 
 
 @dataclass(frozen=True)
 class FailoverPolicy:
-    timeout_s: float = 10.0  # per failure: how long to look for a chain with room
+    timeout_s: float = 30.0  # per failure: how long to look for a chain with room (or a restart)
     max_failovers: int = 8  # per request: then give up (a pool that keeps dying)
 
 
 async def step(
-    run: ChainRun, new_tokens: list[int], position: int, policy: FailoverPolicy
+    run: ChainRun,
+    new_tokens: list[int],
+    position: int,
+    policy: FailoverPolicy,
+    *,
+    first_token: bool = False,
 ) -> StepToken:
     """One step of `run`; on a stage failure, fail over and replay until it succeeds or the
-    policy gives up. `run.tokens` must end with `new_tokens`, starting at `position`."""
+    policy gives up. `run.tokens` must end with `new_tokens`, starting at `position`.
+    `first_token`: the prefill, which may be hedged from the start (see the module doc)."""
     try:
-        return await run.relay(new_tokens, position)
+        return await _hedged(run, new_tokens, position, first_token)
     except StageFailed as exc:
         failure = exc
     while True:
         await recover(run, failure, policy)
         try:
-            return await run.relay(run.tokens, 0)  # rebuild every KV cache in one prefill
+            return await _hedged(run, run.tokens, 0, False)  # rebuild every KV cache at once
         except StageFailed as exc:
             failure = exc
+
+
+async def _hedged(run: ChainRun, tokens: list[int], position: int, first: bool) -> StepToken:
+    """`run.relay`, raced against a fork when a hop straggles (or from the start: `first`)."""
+    straggler: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    def overrun(server: str) -> None:
+        if not straggler.done():
+            straggler.set_result(server)
+
+    primary = asyncio.ensure_future(run.relay(tokens, position, overrun))
+    fork: ChainRun | None = None
+    reason: Literal["first_token", "straggler"] = "first_token"
+    try:
+        avoid = _first_hedge_avoid(run) if first else None
+        if avoid is not None:
+            fork = await _open_fork(run, avoid)
+        if fork is None:
+            watched: set[asyncio.Future[object]] = {primary, straggler}  # type: ignore[arg-type]
+            await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+            if primary.done():
+                return primary.result()
+            slow = straggler.result()
+            run.chains.suspect(slow)
+            fork = await _open_fork(run, {slow})
+            reason = "straggler"
+            if fork is None:  # nowhere to hedge: wait for the stage (or its step timeout)
+                return await primary
+        return await _race(run, primary, fork, reason)
+    finally:
+        if not primary.done():
+            primary.cancel()
+        if fork is not None and not fork.closed:
+            fork.close_soon()
+
+
+def _first_hedge_avoid(run: ChainRun) -> set[str] | None:
+    """The stage a first-token hedge should avoid (the chain's widest-spread one), or None when
+    this request is not to be hedged (spread too low, or over the budget)."""
+    chains = run.chains
+    spread, worst = max(((chains.times(s).spread(), s) for s in run.chain), default=(1.0, ""))
+    cost = len(run.tokens) * chains.num_blocks
+    if not chains.budget.should_hedge(hedge_share(spread), cost, chains.straggler_policy):
+        return None
+    return {worst}
+
+
+async def _open_fork(run: ChainRun, avoid: set[str]) -> ChainRun | None:
+    """A fork of `run` opened on the best chain with room now that avoids `avoid`; None if
+    there is none (a hedge is never worth waiting for)."""
+    chains = run.chains
+    remaining_out = max(run.max_length - len(run.tokens), 1)
+    choice = chains.choose(len(run.tokens), remaining_out, avoid=avoid)
+    if choice is None or choice.wait_s > 0.0:
+        return None
+    fork = run.fork()
+    try:
+        await fork.open(chains.hops(choice.chain), time.monotonic() + choice.service_s)
+    except Busy:
+        return None
+    except StageFailed as exc:
+        chains.mark_down(exc.server)
+        return None
+    return fork
+
+
+async def _race(
+    run: ChainRun,
+    primary: asyncio.Future[StepToken],
+    fork: ChainRun,
+    reason: Literal["first_token", "straggler"],
+) -> StepToken:
+    """The first of `primary` and a replay of the history on `fork` to give the token wins;
+    the loser is cancelled (its sessions closed) and its work counted as hedging's extra."""
+    chains = run.chains
+    log.info("request %s: %s hedge on %s", run.request_id, reason, ">".join(fork.chain))
+    work_before = run.work
+    hedge = asyncio.ensure_future(fork.relay(run.tokens, 0))
+    try:
+        pending: set[asyncio.Future[StepToken]] = {primary, hedge}
+        primary_failure = StageFailed(run.chain[0] if run.chain else "?", "no result")
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in (primary, hedge):  # the primary first when both are done
+                if task not in done:
+                    continue
+                exc = task.exception()
+                if exc is None:
+                    won = task is hedge
+                    loser_work = run.work - work_before if won else fork.work
+                    chains.hedged(reason, "hedge" if won else "primary", loser_work)
+                    if won:
+                        primary.cancel()
+                        run.adopt(fork)
+                    return task.result()
+                if not isinstance(exc, StageFailed):
+                    raise exc
+                if task is primary:
+                    primary_failure = exc
+                if not isinstance(exc, SessionLost):
+                    chains.mark_down(exc.server)
+        chains.hedged(reason, "none", fork.work)
+        raise primary_failure  # both failed: the caller fails the run over
+    finally:
+        if not hedge.done():
+            hedge.cancel()
 
 
 async def recover(run: ChainRun, failure: StageFailed, policy: FailoverPolicy) -> None:
@@ -62,7 +186,7 @@ async def recover(run: ChainRun, failure: StageFailed, policy: FailoverPolicy) -
     while True:
         choice = chains.choose(len(run.tokens), remaining_out)
         if choice is not None and choice.wait_s <= 0.0:
-            run.epoch += 1
+            run.epoch = run.next_epoch()
             try:
                 await run.open(chains.hops(choice.chain), time.monotonic() + choice.service_s)
             except Busy:

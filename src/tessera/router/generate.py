@@ -5,7 +5,8 @@ bounded queue (`max_queue` requests, each at most `max_wait_s`) for room, then g
 (429 with a Retry-After estimated from the live queue, see `retry_after_s`). A request that
 arrives while no complete chain is up (start-up, a stage restarting) waits for one within the
 same `max_wait_s`, then gets `Unavailable` (503). A stage failure during generation is handled
-by `failover.step`.
+by `failover.step`, and so is a straggling one (hedged); the first token may be hedged across
+two chains from the start (see `failover.py`).
 """
 
 from __future__ import annotations
@@ -172,7 +173,7 @@ async def generate(
     policy = policy or failover.FailoverPolicy()
     try:
         run.tokens = list(prompt)
-        out = await failover.step(run, prompt, 0, policy)
+        out = await failover.step(run, prompt, 0, policy, first_token=True)
         for _ in range(params.max_tokens):
             run.tokens.append(out.token)
             yield out

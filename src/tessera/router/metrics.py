@@ -53,6 +53,23 @@ class RouterMetrics:
             buckets=_HOP_BUCKETS,
             registry=r,
         )
+        self.hedges = Counter(
+            "tessera_hedges_total",
+            "Hedged steps by reason (first_token, straggler) and winner (primary, hedge, none)",
+            ["reason", "winner"],
+            registry=r,
+        )
+        self.stage_work = Counter(
+            "tessera_stage_work_block_tokens_total",
+            "Stage work sent by the router: tokens times the blocks they ran through",
+            registry=r,
+        )
+        self.hedge_extra_work = Counter(
+            "tessera_hedge_extra_work_block_tokens_total",
+            "Stage work of hedges that lost (cancelled), by reason: hedging's extra load",
+            ["reason"],
+            registry=r,
+        )
 
     def count(self, outcome: str) -> None:
         """One request's outcome (every request under /v1/ is counted once)."""
@@ -60,3 +77,7 @@ class RouterMetrics:
 
     def count_status(self, status: int) -> None:
         self.count(str(status))
+
+    def hedged(self, reason: str, winner: str, extra_block_tokens: float) -> None:
+        self.hedges.labels(reason, winner).inc()
+        self.hedge_extra_work.labels(reason).inc(extra_block_tokens)

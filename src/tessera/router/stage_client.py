@@ -80,6 +80,7 @@ class StageClient:
     ) -> None:
         self.server = server
         self.base_url = base_url.rstrip("/")
+        self.token = token
         # The deployment token goes with every call (workers refuse calls without it).
         self._auth = {wire.HEADER_AUTHORIZATION: f"Bearer {token}"} if token else None
         self._timeout = aiohttp.ClientTimeout(total=timeout_s, connect=3.0)

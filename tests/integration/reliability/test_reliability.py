@@ -15,16 +15,14 @@ launcher and each test waits until the router routes to all of them again.
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import os
-import pathlib
 import signal
 import threading
 import time
 
 import httpx
 import pytest
-from reliability_procs import KEY, STAGES
+from reliability_procs import KEY, STAGES, stream_chat, worker_pid
 
 MODEL = "smollm2-135m-instruct"
 NEW = 16
@@ -34,45 +32,11 @@ LONG_PROMPT = f"{MARKER}. " + "The quick brown fox jumps over the lazy dog. " * 
 
 
 def _pid_of(url: str) -> int:
-    port = url.rsplit(":", 1)[1]
-    for proc in pathlib.Path("/proc").iterdir():
-        try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if f"--port={port}".encode() in argv and b"worker" in argv:
-            return int(proc.name)
-    raise AssertionError(f"no worker process on port {port}")
+    return worker_pid(url)
 
 
 def _stream(pool, prompt: str, kill=None):
-    """Stream a greedy chat answer; `kill(chain, n_tokens)` is called after each event and
-    returns True once it killed something. Returns (text, chain, error events)."""
-    body = {
-        "model": MODEL,
-        "messages": [{"role": "user", "content": prompt}],
-        "max_tokens": NEW,
-        "temperature": 0,
-        "stream": True,
-    }
-    parts: list[str] = []
-    errors = []
-    killed = False
-    with pool.http.stream("POST", f"{pool.base_url}/v1/chat/completions", json=body) as r:
-        assert r.status_code == 200, r.read()
-        chain = r.headers["x-tessera-chain"].split(">")
-        for line in r.iter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            event = json.loads(line[6:])
-            if "error" in event:
-                errors.append(event)
-                continue
-            if event["choices"]:
-                parts.append(event["choices"][0]["delta"].get("content") or "")
-            if kill is not None and not killed:
-                killed = kill(chain, sum(1 for p in parts if p))
-    return "".join(parts), chain, errors
+    return stream_chat(pool, prompt, NEW, kill)
 
 
 @pytest.fixture(scope="module")
