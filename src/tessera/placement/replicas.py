@@ -1,0 +1,46 @@
+"""Full replicas: when one server can serve the whole model by itself (e.g. with vLLM).
+
+A full replica holds every block; it is worth running as one engine (one hop, its own batching)
+only if it also has KV room for its share of the declared concurrency. Pure values in and out.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .model import Plan, Problem
+
+
+def replica_sessions(problem: Problem, server: str) -> int:
+    """Full-length sessions (max input plus output tokens) `server` holds beside all the weights;
+    0 when the weights alone do not fit."""
+    memory = problem.servers[problem.server_index(server)].memory_bytes
+    weights = problem.model.block_bytes * problem.num_blocks
+    per_session = problem.session_bytes_per_block * problem.num_blocks
+    if weights > memory or per_session <= 0:
+        return 0
+    return (memory - weights) // per_session
+
+
+def replica_kv_pages(problem: Problem, server: str, page_tokens: int) -> int:
+    """KV pages of `page_tokens` tokens of ONE block that `server` holds beside all the weights
+    (the router's slot unit): the plan's cap on a full replica's load."""
+    memory = problem.servers[problem.server_index(server)].memory_bytes
+    weights = problem.model.block_bytes * problem.num_blocks
+    per_page = problem.model.cache_bytes_per_token * page_tokens
+    if weights > memory or per_page <= 0:
+        return 0
+    return (memory - weights) // per_page
+
+
+def full_replicas(problem: Problem, plan: Plan) -> tuple[str, ...]:
+    """Servers of `plan` that hold every block with room for their share of the concurrency.
+
+    The share: the declared concurrent requests split evenly over the plan's independent ways
+    to serve a request (each full-range server, plus one for the split chains if any server
+    holds only part of the model), rounded up; at least one session."""
+    whole = [p.server for p in plan.placement if p.start == 0 and p.end == problem.num_blocks]
+    ways = len(whole) + (1 if len(whole) < len(plan.placement) else 0)
+    declared = problem.workload.concurrent_requests or 1
+    share = max(1, math.ceil(declared / max(ways, 1)))
+    return tuple(s for s in whole if replica_sessions(problem, s) >= share)

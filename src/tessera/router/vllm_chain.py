@@ -1,0 +1,297 @@
+"""A vLLM replica as a one-hop chain, at the token level, behind the stage-client interface.
+
+The router tokenizes, applies stop strings, formats OpenAI chunks and fails over for every
+chain alike; a vLLM stage only has to produce the next token. So `VllmStageClient` speaks the
+stage protocol's verbs to vLLM's OpenAI server:
+
+- `open` only books the session (vLLM admits on its own; the router's view of its room comes
+  from `state`).
+- The first `step` (the prompt's token ids) starts ONE streamed `/v1/completions` request with
+  `return_token_ids` and `ignore_eos` (the router decides where the answer ends, as for torch
+  chains) for up to `max_length` tokens; every later step takes the next token of that stream.
+  A step that does not continue the stream (a rewind or a replay) restarts it from the history.
+- `close` drops the stream, which makes vLLM abort the request.
+- `state` reads vLLM's `/metrics` (running and waiting requests, KV cache usage and size) into
+  the router's `StageState`, in slots of `page_tokens` tokens of one block, capped by what the
+  plan gives the server (`capacity_slots`): WS-RR sends work elsewhere once vLLM queues or its
+  share is taken.
+
+Because a vLLM chain yields the same `StepToken`s, a replica that dies mid-answer is replaced
+like any stage: the router replays prompt plus tokens so far into a split chain and the stream
+continues. Sampling differs between engines (vLLM's seeded sampler is not Tessera's), so only
+greedy answers continue exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import aiohttp
+import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
+
+from tessera.api import stage as wire
+from tessera.errors import NotFound
+from tessera.placement import Problem
+from tessera.placement.replicas import replica_kv_pages
+
+from .stage_client import StageClient, StageFailed, StepSampling, Tensor
+
+PAGE_TOKENS = 16  # the router's slot unit for a vLLM stage (vLLM's own block size may differ)
+STATE_TIMEOUT_S = 2.0
+
+
+@dataclass
+class _Session:
+    max_length: int
+    history: list[int] = field(default_factory=list)  # tokens vLLM has been given or produced
+    ahead: list[int] = field(default_factory=list)  # streamed but not yet asked for
+    response: aiohttp.ClientResponse | None = None
+    lines: AsyncIterator[bytes] | None = None
+
+
+@dataclass(frozen=True)
+class VllmLoad:
+    """What vLLM's /metrics says about its load."""
+
+    running: int
+    waiting: int
+    kv_usage: float  # 0..1
+    kv_tokens: int | None  # KV cache size in tokens (cache_config_info), None if not reported
+
+
+def parse_metrics(text: str) -> VllmLoad:
+    """vLLM's Prometheus text into its load (summed over engines)."""
+    running = waiting = 0.0
+    usage: list[float] = []
+    kv_tokens: int | None = None
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "vllm:num_requests_running":
+                running += sample.value
+            elif sample.name == "vllm:num_requests_waiting":
+                waiting += sample.value
+            elif sample.name in ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"):
+                usage.append(sample.value)
+            elif sample.name == "vllm:cache_config_info":
+                blocks = sample.labels.get("num_gpu_blocks") or sample.labels.get("num_cpu_blocks")
+                size = sample.labels.get("block_size")
+                if blocks and size and blocks.isdigit() and size.isdigit():
+                    kv_tokens = (kv_tokens or 0) + int(blocks) * int(size)
+    kv = max(usage) if usage else 0.0
+    return VllmLoad(int(running), int(waiting), min(max(kv, 0.0), 1.0), kv_tokens)
+
+
+def load_to_state(
+    name: str,
+    load: VllmLoad,
+    *,
+    num_blocks: int,
+    max_length: int,
+    capacity_slots: int | None,
+    decode_s_per_block: float = 0.0,
+) -> wire.StageState:
+    """vLLM's load as the `StageState` of a stage that holds every block.
+
+    Slots are pages of `PAGE_TOKENS` tokens of one block. Total: vLLM's KV cache, capped by the
+    plan's `capacity_slots`; free: the unused part, none while vLLM has requests waiting (it is
+    then full, whatever its KV usage says)."""
+    vllm_slots = (
+        (load.kv_tokens // PAGE_TOKENS) * num_blocks if load.kv_tokens is not None else None
+    )
+    candidates = [s for s in (vllm_slots, capacity_slots) if s is not None]
+    total = min(candidates) if candidates else num_blocks * max(max_length // PAGE_TOKENS, 1)
+    used = math.ceil(load.kv_usage * (vllm_slots if vllm_slots is not None else total))
+    free = 0 if load.waiting > 0 else max(total - used, 0)
+    return wire.StageState(
+        name=name,
+        model="",
+        num_blocks=num_blocks,
+        start_block=0,
+        end_block=num_blocks,
+        max_length=max_length,
+        total_slots=total,
+        free_slots=free,
+        page_tokens=PAGE_TOKENS,
+        allocated_slots=min(used, total),
+        queued_steps=load.waiting,
+        active_sessions=load.running,
+        decode_s_per_block=decode_s_per_block,
+        prefill_s_per_block_per_token=0.0,
+        weight_bytes=0,
+        memory_bytes=0,
+        ready=True,
+    )
+
+
+class VllmStageClient(StageClient):
+    """The stage client of a vLLM OpenAI server that serves the whole model as `model_name`."""
+
+    def __init__(
+        self,
+        server: str,
+        base_url: str,
+        *,
+        model_name: str,
+        num_blocks: int,
+        max_length: int,
+        capacity_slots: int | None = None,
+        timeout_s: float = 120.0,
+        token: str | None = None,
+    ) -> None:
+        super().__init__(server, base_url, timeout_s=timeout_s, token=token)
+        self.model_name = model_name
+        self.num_blocks = num_blocks
+        self.max_length = max_length
+        self.capacity_slots = capacity_slots
+        # A stream lives as long as its answer: no total limit, only between two tokens.
+        self._stream_timeout = aiohttp.ClientTimeout(total=None, sock_read=timeout_s, connect=3.0)
+        self._sessions: dict[str, _Session] = {}
+
+    async def open(self, session_id: str, start: int, end: int, max_length: int) -> int:
+        if start != 0 or end != self.num_blocks:
+            raise StageFailed(self.server, f"a vLLM stage serves blocks 0:{self.num_blocks} only")
+        await self._drop(session_id)
+        self._sessions[session_id] = _Session(max_length)
+        return wire.pages_for(max_length, PAGE_TOKENS) * self.num_blocks
+
+    async def step(
+        self, session_id: str, x: Tensor, position: int, sampling: StepSampling | None
+    ) -> Tensor | wire.StepToken:
+        s = self._sessions.get(session_id)
+        if s is None:
+            raise NotFound(f"stage {self.server}: no session {session_id}")
+        if x.dtype != "int64" or sampling is None:
+            raise StageFailed(self.server, "a vLLM stage takes token ids and samples the token")
+        ids = [int(t) for t in np.frombuffer(x.data, dtype="<i8")]
+        history = s.history[:position] + ids
+        continues = s.lines is not None and position == len(s.history) - 1 and s.history[-1:] == ids
+        if not continues:
+            await self._start(session_id, s, history, sampling)
+        token = await self._next(s)
+        s.history.append(token)
+        return wire.StepToken(token=token, logprob=0.0, position=len(s.history) - 1)
+
+    async def _start(
+        self, session_id: str, s: _Session, history: list[int], sampling: StepSampling
+    ) -> None:
+        await self._close_stream(s)
+        s.history, s.ahead = list(history), []
+        body = {
+            "model": self.model_name,
+            "prompt": history,
+            "max_tokens": max(s.max_length - len(history), 1),
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "seed": sampling.seed % 2**63,
+            "stream": True,
+            "ignore_eos": True,
+            "skip_special_tokens": False,
+            "return_token_ids": True,
+            "request_id": session_id,
+        }
+        try:
+            response = await self._http().post(
+                "/v1/completions", json=body, timeout=self._stream_timeout
+            )
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise StageFailed(self.server, f"{type(exc).__name__}: {exc}") from exc
+        if response.status != 200:
+            text = (await response.read()).decode("utf-8", "replace")[:200]
+            response.release()
+            raise StageFailed(self.server, f"HTTP {response.status}: {text}")
+        s.response, s.lines = response, _sse_data(response)
+
+    async def _next(self, s: _Session) -> int:
+        while not s.ahead:
+            if s.lines is None:
+                raise StageFailed(self.server, "no stream")
+            try:
+                data = await anext(s.lines)
+            except StopAsyncIteration:
+                raise StageFailed(self.server, "the stream ended before the answer") from None
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise StageFailed(self.server, f"{type(exc).__name__}: {exc}") from exc
+            if data == b"[DONE]":
+                raise StageFailed(self.server, "the stream ended before the answer")
+            try:
+                chunk = json.loads(data)
+                if "error" in chunk:
+                    raise StageFailed(self.server, f"vLLM: {chunk['error']}")
+                for choice in chunk.get("choices", ()):
+                    s.ahead.extend(int(t) for t in choice.get("token_ids") or ())
+            except (ValueError, TypeError, AttributeError) as exc:
+                raise StageFailed(self.server, f"a bad stream chunk: {exc}") from exc
+        return s.ahead.pop(0)
+
+    async def close(self, session_id: str) -> None:
+        await self._drop(session_id)
+
+    async def _drop(self, session_id: str) -> None:
+        s = self._sessions.pop(session_id, None)
+        if s is not None:
+            await self._close_stream(s)
+
+    @staticmethod
+    async def _close_stream(s: _Session) -> None:
+        if s.response is not None:
+            s.response.close()  # drops the connection: vLLM aborts the request
+        s.response, s.lines = None, None
+
+    async def aclose(self) -> None:
+        for sid in list(self._sessions):
+            await self._drop(sid)
+        await super().aclose()
+
+    async def state(self) -> wire.StageState:
+        response = await self._request("GET", "/metrics", timeout_s=STATE_TIMEOUT_S)
+        if response.status_code != 200:
+            raise StageFailed(self.server, f"/metrics answered HTTP {response.status_code}")
+        try:
+            load = parse_metrics(response.text)
+        except ValueError as exc:
+            raise StageFailed(self.server, f"unreadable /metrics: {exc}") from exc
+        return load_to_state(
+            self.server,
+            load,
+            num_blocks=self.num_blocks,
+            max_length=self.max_length,
+            capacity_slots=self.capacity_slots,
+        )
+
+
+async def _sse_data(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    """The `data:` payloads of a server-sent-event stream."""
+    async for line in response.content:
+        line = line.strip()
+        if line.startswith(b"data:"):
+            yield line[5:].strip()
+
+
+def vllm_client(
+    problem: Problem,
+    server: str,
+    base_url: str,
+    *,
+    model_name: str,
+    timeout_s: float,
+    token: str | None,
+) -> VllmStageClient:
+    """The client of the vLLM stage `server` of `problem`: its load is capped by the plan's
+    memory for it (`placement.replicas`), so that WS-RR spreads work as the plan intends."""
+    w = problem.workload
+    known = any(s.name == server for s in problem.servers)
+    capacity = replica_kv_pages(problem, server, PAGE_TOKENS) if known else None
+    return VllmStageClient(
+        server,
+        base_url,
+        model_name=model_name,
+        num_blocks=problem.num_blocks,
+        max_length=w.max_input_tokens + w.max_output_tokens,
+        capacity_slots=capacity * problem.num_blocks if capacity is not None else None,
+        timeout_s=timeout_s,
+        token=token,
+    )
