@@ -54,5 +54,19 @@ bench: $(STAMP)
 bench-peer: $(STAMP)
 	$(BIN)/python -m bench.peer_vllm $(PEER_ARGS)
 
+# vLLM's CPU build in its own venv (~3.5 GB, a few minutes), never inside .venv.
+.PHONY: vllm-venv run-vllm test-vllm
+vllm-venv: $(STAMP)
+	$(BIN)/python -c "from bench.peer_vllm import build_vllm_venv; build_vllm_venv()"
+
+# One big node serves the whole model with vLLM, two small nodes a split chain, one router.
+run-vllm: vllm-venv
+	$(BIN)/tessera up examples/local-vllm.yaml
+
+# The vLLM integration tests (one vLLM server for the module, about 2-4 minutes to start).
+# Plain `make test` runs them too when .venv-vllm exists, and skips them otherwise.
+test-vllm: vllm-venv
+	$(BIN)/pytest -q -m vllm tests/integration
+
 clean:
 	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache

@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 
 from tessera.api.vllm import endpoint, server_args, split_endpoint
-from tessera.errors import NotFound
+from tessera.errors import Busy, NotFound
 from tessera.router.stage_client import StageFailed, StepSampling, Tensor
 from tessera.router.vllm_chain import (
     PAGE_TOKENS,
@@ -205,6 +205,9 @@ def test_state_from_metrics() -> None:
         try:
             state = await client.state()
             assert state.ready and state.active_sessions == 3 and state.page_tokens == PAGE_TOKENS
+            # Calibrated once: the fake streams a token per millisecond or more, over 30 blocks.
+            assert 0.001 / 30 <= state.decode_s_per_block < 1.0
+            assert len(vllm.bodies) == 1 and vllm.bodies[0]["temperature"] == 0.0
             # vLLM: 100 blocks of 16 tokens = 100 pages per block; the plan caps it at 50.
             assert state.total_slots == 30 * 50
             assert state.free_slots == 30 * 50 - 30 * 25  # a quarter of vLLM's 100 pages in use
@@ -238,3 +241,22 @@ def test_endpoint_prefix_and_server_args() -> None:
     args = server_args("/m", "name", port=9, max_model_len=128, enforce_eager=True)
     assert args[args.index("--port") + 1] == "9" and "--enforce-eager" in args
     assert args[args.index("--served-model-name") + 1] == "name"
+
+
+def test_past_its_share_a_vllm_stage_is_busy() -> None:
+    async def run(_vllm: FakeVllm, url: str) -> None:
+        client = VllmStageClient(
+            "big", url, model_name="m", num_blocks=30, max_length=64, max_sessions=2
+        )
+        try:
+            await client.open("a", 0, 30, 64)
+            await client.open("b", 0, 30, 64)
+            with pytest.raises(Busy):
+                await client.open("c", 0, 30, 64)
+            assert (await client.state()).free_slots == 0
+            await client.close("a")
+            await client.open("c", 0, 30, 64)
+        finally:
+            await client.aclose()
+
+    with_fake(run)

@@ -56,6 +56,7 @@ class Images:
     worker: str
     router: str
     pull_policy: str = "IfNotPresent"
+    vllm: str | None = None  # full-replica stages (engine: vllm); None: manifests_vllm's default
 
 
 def dns_name(*parts: str) -> str:
@@ -340,11 +341,15 @@ def endpoints_map(owner: Owner, plan: Plan) -> dict[str, str]:
     }
 
 
-def plan_configmap(owner: Owner, problem: Problem, plan: Plan) -> dict[str, Any]:
+def plan_configmap(
+    owner: Owner, problem: Problem, plan: Plan, endpoints: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """`endpoints`: the stages' URLs when some differ from `endpoints_map` (vLLM stages)."""
+    urls = dict(endpoints) if endpoints is not None else endpoints_map(owner, plan)
     data = {
         "plan.json": json.dumps(plan_to_dict(plan), indent=1, sort_keys=True),
         "problem.json": json.dumps(problem_to_dict(problem), indent=1, sort_keys=True),
-        "endpoints.json": json.dumps(endpoints_map(owner, plan), indent=1, sort_keys=True),
+        "endpoints.json": json.dumps(urls, indent=1, sort_keys=True),
     }
     return with_hash(
         {

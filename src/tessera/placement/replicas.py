@@ -33,14 +33,22 @@ def replica_kv_pages(problem: Problem, server: str, page_tokens: int) -> int:
     return (memory - weights) // per_page
 
 
-def full_replicas(problem: Problem, plan: Plan) -> tuple[str, ...]:
-    """Servers of `plan` that hold every block with room for their share of the concurrency.
+def _whole(problem: Problem, plan: Plan) -> list[str]:
+    return [p.server for p in plan.placement if p.start == 0 and p.end == problem.num_blocks]
 
-    The share: the declared concurrent requests split evenly over the plan's independent ways
-    to serve a request (each full-range server, plus one for the split chains if any server
-    holds only part of the model), rounded up; at least one session."""
-    whole = [p.server for p in plan.placement if p.start == 0 and p.end == problem.num_blocks]
+
+def replica_share(problem: Problem, plan: Plan) -> int:
+    """Concurrent requests a full replica of `plan` is meant to take: the declared concurrency
+    split evenly over the plan's independent ways to serve a request (each full-range server,
+    plus one for the split chains if any server holds only part of the model), rounded up;
+    at least one."""
+    whole = _whole(problem, plan)
     ways = len(whole) + (1 if len(whole) < len(plan.placement) else 0)
     declared = problem.workload.concurrent_requests or 1
-    share = max(1, math.ceil(declared / max(ways, 1)))
-    return tuple(s for s in whole if replica_sessions(problem, s) >= share)
+    return max(1, math.ceil(declared / max(ways, 1)))
+
+
+def full_replicas(problem: Problem, plan: Plan) -> tuple[str, ...]:
+    """Servers of `plan` that hold every block with room for their share of the concurrency."""
+    share = replica_share(problem, plan)
+    return tuple(s for s in _whole(problem, plan) if replica_sessions(problem, s) >= share)

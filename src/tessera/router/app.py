@@ -64,6 +64,7 @@ def build_app(config: RouterConfig) -> FastAPI:
         if engine == "vllm":  # a whole-model vLLM server: a one-hop chain (vllm_chain.py)
             return vllm_client(
                 config.problem,
+                config.plan,
                 name,
                 base,
                 model_name=config.model_name,

@@ -4,14 +4,15 @@ The router tokenizes, applies stop strings, formats OpenAI chunks and fails over
 chain alike; a vLLM stage only has to produce the next token. So `VllmStageClient` speaks the
 stage protocol's verbs to vLLM's OpenAI server:
 
-- `open` only books the session (vLLM admits on its own; the router's view of its room comes
-  from `state`).
+- `open` books the session, up to the plan's share of the concurrency (`max_sessions`); past
+  it the stage is Busy, like a full worker, and the router takes another chain.
 - The first `step` (the prompt's token ids) starts ONE streamed `/v1/completions` request with
   `return_token_ids` and `ignore_eos` (the router decides where the answer ends, as for torch
   chains) for up to `max_length` tokens; every later step takes the next token of that stream.
   A step that does not continue the stream (a rewind or a replay) restarts it from the history.
 - `close` drops the stream, which makes vLLM abort the request.
-- `state` reads vLLM's `/metrics` (running and waiting requests, KV cache usage and size) into
+- `state` first times a short answer (`calibrate`: decode seconds per block, as Tessera's
+  workers measure theirs at start-up), then reads vLLM's `/metrics` (running and waiting requests, KV cache usage and size) into
   the router's `StageState`, in slots of `page_tokens` tokens of one block, capped by what the
   plan gives the server (`capacity_slots`): WS-RR sends work elsewhere once vLLM queues or its
   share is taken.
@@ -26,6 +27,8 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -34,14 +37,17 @@ import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
 from tessera.api import stage as wire
-from tessera.errors import NotFound
-from tessera.placement import Problem
-from tessera.placement.replicas import replica_kv_pages
+from tessera.errors import Busy, NotFound
+from tessera.placement import Plan, Problem
+from tessera.placement.replicas import replica_kv_pages, replica_share
 
 from .stage_client import StageClient, StageFailed, StepSampling, Tensor
 
 PAGE_TOKENS = 16  # the router's slot unit for a vLLM stage (vLLM's own block size may differ)
 STATE_TIMEOUT_S = 2.0
+CALIBRATE_PROMPT = 8  # tokens of the calibration prompt
+CALIBRATE_TOKENS = 8  # decode steps timed
+_GREEDY = StepSampling(0.0, 1.0, 0)
 
 
 @dataclass
@@ -139,6 +145,7 @@ class VllmStageClient(StageClient):
         num_blocks: int,
         max_length: int,
         capacity_slots: int | None = None,
+        max_sessions: int | None = None,
         timeout_s: float = 120.0,
         token: str | None = None,
     ) -> None:
@@ -147,16 +154,23 @@ class VllmStageClient(StageClient):
         self.num_blocks = num_blocks
         self.max_length = max_length
         self.capacity_slots = capacity_slots
+        self.max_sessions = max_sessions  # the plan's share of the concurrency: then Busy
         # A stream lives as long as its answer: no total limit, only between two tokens.
         self._stream_timeout = aiohttp.ClientTimeout(total=None, sock_read=timeout_s, connect=3.0)
         self._sessions: dict[str, _Session] = {}
+        self.decode_s_per_block: float | None = None  # measured by `calibrate`
 
     async def open(self, session_id: str, start: int, end: int, max_length: int) -> int:
         if start != 0 or end != self.num_blocks:
             raise StageFailed(self.server, f"a vLLM stage serves blocks 0:{self.num_blocks} only")
         await self._drop(session_id)
+        if self.max_sessions is not None and len(self._sessions) >= self.max_sessions:
+            raise Busy(f"stage {self.server}: its {self.max_sessions} sessions are taken")
         self._sessions[session_id] = _Session(max_length)
         return wire.pages_for(max_length, PAGE_TOKENS) * self.num_blocks
+
+    def _calibrating(self, session_id: str) -> None:
+        self._sessions[session_id] = _Session(CALIBRATE_PROMPT + CALIBRATE_TOKENS + 1)
 
     async def step(
         self, session_id: str, x: Tensor, position: int, sampling: StepSampling | None
@@ -246,7 +260,28 @@ class VllmStageClient(StageClient):
             await self._drop(sid)
         await super().aclose()
 
+    async def calibrate(self) -> float:
+        """vLLM's decode time per block: one short greedy answer streamed, the median gap
+        between its tokens over the blocks (what Tessera's workers measure at start-up), so
+        that WS-RR compares the engines on measured times."""
+        session = f"tessera-calibrate-{id(self)}"
+        self._calibrating(session)  # not one of the router's sessions: outside the share
+        stamps = []
+        try:
+            out = await self.step(session, Tensor.tokens([0] * CALIBRATE_PROMPT), 0, _GREEDY)
+            for i in range(CALIBRATE_TOKENS):
+                stamps.append(time.perf_counter())
+                tokens = Tensor.tokens([out.token])  # type: ignore[union-attr]
+                out = await self.step(session, tokens, CALIBRATE_PROMPT + i, _GREEDY)
+            stamps.append(time.perf_counter())
+        finally:
+            await self.close(session)
+        gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+        return statistics.median(gaps) / self.num_blocks
+
     async def state(self) -> wire.StageState:
+        if self.decode_s_per_block is None:  # once, when vLLM first answers
+            self.decode_s_per_block = await self.calibrate()
         response = await self._request("GET", "/metrics", timeout_s=STATE_TIMEOUT_S)
         if response.status_code != 200:
             raise StageFailed(self.server, f"/metrics answered HTTP {response.status_code}")
@@ -254,13 +289,17 @@ class VllmStageClient(StageClient):
             load = parse_metrics(response.text)
         except ValueError as exc:
             raise StageFailed(self.server, f"unreadable /metrics: {exc}") from exc
-        return load_to_state(
+        state = load_to_state(
             self.server,
             load,
             num_blocks=self.num_blocks,
             max_length=self.max_length,
             capacity_slots=self.capacity_slots,
+            decode_s_per_block=self.decode_s_per_block,
         )
+        if self.max_sessions is not None and len(self._sessions) >= self.max_sessions:
+            return state.model_copy(update={"free_slots": 0})
+        return state
 
 
 async def _sse_data(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
@@ -273,6 +312,7 @@ async def _sse_data(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
 
 def vllm_client(
     problem: Problem,
+    plan: Plan,
     server: str,
     base_url: str,
     *,
@@ -280,8 +320,9 @@ def vllm_client(
     timeout_s: float,
     token: str | None,
 ) -> VllmStageClient:
-    """The client of the vLLM stage `server` of `problem`: its load is capped by the plan's
-    memory for it (`placement.replicas`), so that WS-RR spreads work as the plan intends."""
+    """The client of the vLLM stage `server` of `plan`: its load is capped by the plan's memory
+    for it and its share of the concurrency (`placement.replicas`), so that past that share
+    WS-RR sends requests to the other chains, as the plan intends."""
     w = problem.workload
     known = any(s.name == server for s in problem.servers)
     capacity = replica_kv_pages(problem, server, PAGE_TOKENS) if known else None
@@ -292,6 +333,7 @@ def vllm_client(
         num_blocks=problem.num_blocks,
         max_length=w.max_input_tokens + w.max_output_tokens,
         capacity_slots=capacity * problem.num_blocks if capacity is not None else None,
+        max_sessions=replica_share(problem, plan) if known else None,
         timeout_s=timeout_s,
         token=token,
     )
