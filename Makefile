@@ -68,5 +68,11 @@ run-vllm: vllm-venv
 test-vllm: vllm-venv
 	$(BIN)/pytest -q -m vllm tests/integration
 
+# A vLLM replica via Tessera's router against vLLM directly, and the mixed pool against the
+# replica alone (two pools in turn; builds .venv-vllm first). Options: VLLM_BENCH_ARGS="--eager".
+.PHONY: bench-vllm
+bench-vllm: vllm-venv
+	$(BIN)/python -m bench.vllm_engine $(VLLM_BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tessera.placement import (
     Client,
     Link,
@@ -15,9 +17,11 @@ from tessera.placement import (
 )
 from tessera.placement.replicas import (
     full_replicas,
+    pp_layer_partition,
     replica_kv_pages,
     replica_sessions,
     replica_share,
+    split_concurrency,
 )
 
 MB = 1_000_000
@@ -59,3 +63,20 @@ def test_only_whole_range_servers_are_replicas() -> None:
     plan = Plan("t", True, (Placement("a", 0, 5), Placement("b", 5, 5)))
     assert full_replicas(_problem(10**12), plan) == ()
     assert replica_share(_problem(0, concurrent=3), plan) == 3
+
+
+def test_a_chain_as_a_vllm_pipeline_partition() -> None:
+    split = Plan("t", True, (Placement("a", 0, 6), Placement("b", 4, 6)))  # overlap 4..6
+    assert pp_layer_partition(_problem(0), split, ("a", "b")) == "6,4"
+    assert pp_layer_partition(_problem(0), PLAN, ("big",)) == "10"
+    with pytest.raises(ValueError):
+        pp_layer_partition(_problem(0), split, ("b", "a"))
+    with pytest.raises(ValueError):
+        pp_layer_partition(_problem(0), split, ("a",))
+
+
+def test_the_split_chains_carry_what_the_replicas_do_not() -> None:
+    assert split_concurrency(8, 1) == 4
+    assert split_concurrency(32, 1) == 16
+    assert split_concurrency(9, 2) == 3  # shares of 3, 3, and the rest
+    assert split_concurrency(1, 1) == 1

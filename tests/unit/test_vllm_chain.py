@@ -207,7 +207,7 @@ def test_state_from_metrics() -> None:
             assert state.ready and state.active_sessions == 3 and state.page_tokens == PAGE_TOKENS
             # Calibrated once: the fake streams a token per millisecond or more, over 30 blocks.
             assert 0.001 / 30 <= state.decode_s_per_block < 1.0
-            assert len(vllm.bodies) == 1 and vllm.bodies[0]["temperature"] == 0.0
+            assert len(vllm.bodies) == 2 and vllm.bodies[1]["temperature"] == 0.0
             # vLLM: 100 blocks of 16 tokens = 100 pages per block; the plan caps it at 50.
             assert state.total_slots == 30 * 50
             assert state.free_slots == 30 * 50 - 30 * 25  # a quarter of vLLM's 100 pages in use

@@ -29,6 +29,7 @@ from tessera.api.vllm import API_KEY_ENV, endpoint
 from tessera.errors import Infeasible
 from tessera.modelfiles import read_config, sizes
 from tessera.placement import Plan, Problem, plan_to_dict, problem_to_dict, solve
+from tessera.placement.replicas import split_concurrency
 
 from .config import (
     ROUTER_CLIENT,
@@ -134,7 +135,8 @@ class Launcher:
         if replicas and len(replicas) < len(self.cfg.nodes):
             # The split chains are placed over the Tessera nodes; each vLLM node holds it all.
             split_cfg = without_vllm(self.cfg)
-            split_problem = build_problem(split_cfg, model_sizes)
+            concurrency = split_concurrency(self.cfg.workload.concurrent_requests, len(replicas))
+            split_problem = build_problem(split_cfg, model_sizes).with_concurrency(concurrency)
             split = pinned_plan(split_cfg, split_problem) or solve(split_problem, self.cfg.solver)  # type: ignore[arg-type]
             if not split.feasible:
                 raise Infeasible(f"the split nodes cannot serve this model: {split.reason}")

@@ -43,12 +43,41 @@ def replica_share(problem: Problem, plan: Plan) -> int:
     plus one for the split chains if any server holds only part of the model), rounded up;
     at least one."""
     whole = _whole(problem, plan)
-    ways = len(whole) + (1 if len(whole) < len(plan.placement) else 0)
     declared = problem.workload.concurrent_requests or 1
-    return max(1, math.ceil(declared / max(ways, 1)))
+    return share_of(declared, len(whole), split=len(whole) < len(plan.placement))
+
+
+def share_of(concurrent_requests: int, replicas: int, *, split: bool) -> int:
+    """Each replica's share of `concurrent_requests` (see `replica_share`)."""
+    ways = replicas + (1 if split else 0)
+    return max(1, math.ceil(concurrent_requests / max(ways, 1)))
+
+
+def split_concurrency(concurrent_requests: int, replicas: int) -> int:
+    """What the split chains must carry beside `replicas` full replicas: the rest."""
+    share = share_of(concurrent_requests, replicas, split=True)
+    return max(1, concurrent_requests - share * replicas)
 
 
 def full_replicas(problem: Problem, plan: Plan) -> tuple[str, ...]:
     """Servers of `plan` that hold every block with room for their share of the concurrency."""
     share = replica_share(problem, plan)
     return tuple(s for s in _whole(problem, plan) if replica_sessions(problem, s) >= share)
+
+
+def pp_layer_partition(problem: Problem, plan: Plan, chain: tuple[str, ...]) -> str:
+    """`VLLM_PP_LAYER_PARTITION` for running `chain` of `plan` as ONE vLLM pipeline
+    (`--pipeline-parallel-size len(chain)`): the blocks each hop processes, from the previous
+    hop's end to its own (overlapping ranges are cut the way the router cuts them). Raises
+    ValueError if the chain does not cover every block in order."""
+    ends = {p.server: p for p in plan.placement}
+    counts, prev = [], 0
+    for name in chain:
+        p = ends.get(name)
+        if p is None or not p.start <= prev < p.end:
+            raise ValueError(f"{name} does not continue the chain at block {prev}")
+        counts.append(p.end - prev)
+        prev = p.end
+    if prev != problem.num_blocks:
+        raise ValueError(f"the chain ends at block {prev}, not {problem.num_blocks}")
+    return ",".join(str(c) for c in counts)

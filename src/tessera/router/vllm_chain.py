@@ -261,9 +261,13 @@ class VllmStageClient(StageClient):
         await super().aclose()
 
     async def calibrate(self) -> float:
-        """vLLM's decode time per block: one short greedy answer streamed, the median gap
-        between its tokens over the blocks (what Tessera's workers measure at start-up), so
-        that WS-RR compares the engines on measured times."""
+        """vLLM's decode time per block: a short greedy answer streamed after a warm-up one,
+        the median gap between its tokens over the blocks (what Tessera's workers measure at
+        start-up), so that WS-RR compares the engines on measured times."""
+        await self._time_one_answer()  # a fresh vLLM's first forwards are slow: warm it up
+        return await self._time_one_answer()
+
+    async def _time_one_answer(self) -> float:
         session = f"tessera-calibrate-{id(self)}"
         self._calibrating(session)  # not one of the router's sessions: outside the share
         stamps = []
