@@ -204,6 +204,12 @@ def test_state_from_metrics() -> None:
         client = _client(url, capacity=30 * 50)
         try:
             state = await client.state()
+            assert not state.ready  # calibrating: not routed to yet
+            for _ in range(200):
+                state = await client.state()
+                if state.ready:
+                    break
+                await asyncio.sleep(0.01)
             assert state.ready and state.active_sessions == 3 and state.page_tokens == PAGE_TOKENS
             # Calibrated once: the fake streams a token per millisecond or more, over 30 blocks.
             assert 0.001 / 30 <= state.decode_s_per_block < 1.0

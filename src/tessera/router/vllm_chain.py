@@ -11,11 +11,12 @@ stage protocol's verbs to vLLM's OpenAI server:
   chains) for up to `max_length` tokens; every later step takes the next token of that stream.
   A step that does not continue the stream (a rewind or a replay) restarts it from the history.
 - `close` drops the stream, which makes vLLM abort the request.
-- `state` first times a short answer (`calibrate`: decode seconds per block, as Tessera's
-  workers measure theirs at start-up), then reads vLLM's `/metrics` (running and waiting requests, KV cache usage and size) into
+- `state` reads vLLM's `/metrics` (running and waiting requests, KV cache usage and size) into
   the router's `StageState`, in slots of `page_tokens` tokens of one block, capped by what the
   plan gives the server (`capacity_slots`): WS-RR sends work elsewhere once vLLM queues or its
-  share is taken.
+  share is taken. Until vLLM's decode time is measured (`calibrate`, in the background: a
+  short greedy answer, as Tessera's workers measure theirs at start-up) the stage is not ready,
+  so that WS-RR never compares a measured chain with a guessed one.
 
 Because a vLLM chain yields the same `StepToken`s, a replica that dies mid-answer is replaced
 like any stage: the router replays prompt plus tokens so far into a split chain and the stream
@@ -25,7 +26,9 @@ greedy answers continue exactly.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import math
 import statistics
 import time
@@ -43,6 +46,7 @@ from tessera.placement.replicas import replica_kv_pages, replica_share
 
 from .stage_client import StageClient, StageFailed, StepSampling, Tensor
 
+log = logging.getLogger("tessera.router")
 PAGE_TOKENS = 16  # the router's slot unit for a vLLM stage (vLLM's own block size may differ)
 STATE_TIMEOUT_S = 2.0
 CALIBRATE_PROMPT = 8  # tokens of the calibration prompt
@@ -159,6 +163,7 @@ class VllmStageClient(StageClient):
         self._stream_timeout = aiohttp.ClientTimeout(total=None, sock_read=timeout_s, connect=3.0)
         self._sessions: dict[str, _Session] = {}
         self.decode_s_per_block: float | None = None  # measured by `calibrate`
+        self._calibration: asyncio.Task[float] | None = None
 
     async def open(self, session_id: str, start: int, end: int, max_length: int) -> int:
         if start != 0 or end != self.num_blocks:
@@ -256,6 +261,8 @@ class VllmStageClient(StageClient):
         s.response, s.lines = None, None
 
     async def aclose(self) -> None:
+        if self._calibration is not None:
+            self._calibration.cancel()
         for sid in list(self._sessions):
             await self._drop(sid)
         await super().aclose()
@@ -283,9 +290,21 @@ class VllmStageClient(StageClient):
         gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
         return statistics.median(gaps) / self.num_blocks
 
+    def _calibrated(self) -> bool:
+        """Calibrate once, in the background (a poll must not wait seconds for it): False
+        until it has succeeded; a failed calibration is tried again at the next poll."""
+        task = self._calibration
+        if task is not None and task.done():
+            if not task.cancelled() and task.exception() is None:
+                self.decode_s_per_block = task.result()
+            else:
+                log.info("calibrating vLLM stage %s failed; trying again", self.server)
+            self._calibration = task = None
+        if self.decode_s_per_block is None and task is None:
+            self._calibration = asyncio.get_running_loop().create_task(self.calibrate())
+        return self.decode_s_per_block is not None
+
     async def state(self) -> wire.StageState:
-        if self.decode_s_per_block is None:  # once, when vLLM first answers
-            self.decode_s_per_block = await self.calibrate()
         response = await self._request("GET", "/metrics", timeout_s=STATE_TIMEOUT_S)
         if response.status_code != 200:
             raise StageFailed(self.server, f"/metrics answered HTTP {response.status_code}")
@@ -293,17 +312,21 @@ class VllmStageClient(StageClient):
             load = parse_metrics(response.text)
         except ValueError as exc:
             raise StageFailed(self.server, f"unreadable /metrics: {exc}") from exc
+        calibrated = self._calibrated()
         state = load_to_state(
             self.server,
             load,
             num_blocks=self.num_blocks,
             max_length=self.max_length,
             capacity_slots=self.capacity_slots,
-            decode_s_per_block=self.decode_s_per_block,
+            decode_s_per_block=self.decode_s_per_block or 0.0,
         )
+        update: dict[str, object] = {}
+        if not calibrated:  # not routed to before WS-RR can compare it
+            update["ready"] = False
         if self.max_sessions is not None and len(self._sessions) >= self.max_sessions:
-            return state.model_copy(update={"free_slots": 0})
-        return state
+            update["free_slots"] = 0
+        return state.model_copy(update=update) if update else state
 
 
 async def _sse_data(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:

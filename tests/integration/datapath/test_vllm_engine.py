@@ -53,9 +53,21 @@ def pool(smollm2_dir, tmp_path_factory):
     up = Up(path, tmp / "run")
     try:
         up.wait_ready(timeout_s=900)
+        _wait_routed(up.base_url, VLLM_CHAIN, timeout_s=300)
         yield up
     finally:
         up.stop()
+
+
+def _wait_routed(base: str, server: str, timeout_s: float) -> None:
+    """Until the router routes to `server` (vLLM: once it has measured its decode time)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        r = httpx.get(f"{base}/readyz", timeout=5, trust_env=False)
+        if server in r.json().get("stages_up", []):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"the router never saw {server} up")
 
 
 def _chat(base: str, prompt: str, max_tokens: int = 24) -> tuple[str, str]:
