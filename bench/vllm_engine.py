@@ -23,8 +23,10 @@ import json
 import pathlib
 import sys
 import tempfile
+import time
 from typing import Any
 
+import httpx
 import yaml
 
 from bench.peer_vllm import (
@@ -81,6 +83,17 @@ def measure(
     return out
 
 
+def wait_routed(base: str, server: str = "node-big", timeout_s: float = 300.0) -> None:
+    """Until the router routes to the replica (it first measures vLLM's decode time)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        r = httpx.get(f"{base}/readyz", timeout=5, trust_env=False)
+        if server in r.json().get("stages_up", []):
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"the router never routed to {server}")
+
+
 class _Direct:
     """vLLM's server of a `tessera up` run, called directly with the run's worker token."""
 
@@ -112,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         try:
             replica.start()
+            wait_routed(replica.base)
             direct = _Direct(tmp / "replica")
             auth = {"authorization": f"Bearer {direct.token}"}  # vLLM's API key
             results["direct"] = measure(direct.base, args, "vLLM direct", auth)
@@ -123,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         try:
             mixed.start()
+            wait_routed(mixed.base)
             args.streams = [s for s in args.streams if s > 1]
             results["mixed"] = measure(mixed.base, args, "mixed pool via router")
         finally:
