@@ -73,3 +73,12 @@ def test_vllm_nodes_are_not_pinned_and_need_their_venv(tmp_path, monkeypatch) ->
     problem, plan = up.plan()
     with pytest.raises(InvalidInput, match="make vllm-venv"):
         up.build_children(problem, plan)
+
+
+def test_a_pool_of_vllm_nodes_only(tmp_path, monkeypatch) -> None:
+    raw = _raw()
+    raw["nodes"] = [raw["nodes"][0]]
+    up = _launcher(raw, tmp_path, monkeypatch)
+    _problem, plan = up.plan()
+    assert [(p.server, p.start, p.end) for p in plan.placement] == [("node-big", 0, 30)]
+    assert dict(plan.routes) == {"router": ("node-big",)}

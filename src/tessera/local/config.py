@@ -178,7 +178,10 @@ def with_replicas(problem: Problem, split: Plan, replicas: list[str]) -> Plan:
         placement,
         MappingProxyType(routes),
         predicted_for(problem, hops, None),
-        MappingProxyType({**split.stats}),
+        # The whole pool's design point (the split plan was solved for the rest of it).
+        MappingProxyType(
+            {**split.stats, "concurrent_requests": problem.workload.concurrent_requests}
+        ),
     )
     fit = set(full_replicas(problem, plan))
     short = [n for n in replicas if n not in fit]
