@@ -189,14 +189,12 @@ class VllmStageClient(StageClient):
         history = s.history[:position] + ids
         continues = s.lines is not None and position == len(s.history) - 1 and s.history[-1:] == ids
         if not continues:
-            await self._start(session_id, s, history, sampling)
+            await self._start(s, history, sampling)
         token = await self._next(s)
         s.history.append(token)
         return wire.StepToken(token=token, logprob=0.0, position=len(s.history) - 1)
 
-    async def _start(
-        self, session_id: str, s: _Session, history: list[int], sampling: StepSampling
-    ) -> None:
+    async def _start(self, s: _Session, history: list[int], sampling: StepSampling) -> None:
         await self._close_stream(s)
         s.history, s.ahead = list(history), []
         body = {
@@ -210,7 +208,7 @@ class VllmStageClient(StageClient):
             "ignore_eos": True,
             "skip_special_tokens": False,
             "return_token_ids": True,
-            "request_id": session_id,
+            # No request_id: a restarted stream would reuse it while vLLM still aborts the old.
         }
         try:
             response = await self._http().post(
