@@ -41,9 +41,9 @@ def pool(smollm2_dir, tmp_path_factory):
     # A request that finds every chain full waits for room rather than failing (this machine
     # is shared: answers take longer than the plan predicts).
     cfg["router"]["max_wait_s"] = 60
-    # The split chain clearly slower per token than the replica (measured on this machine, the
-    # router's inputs: vLLM about 5 ms per block, the torch stages 13 ms at speed factor 1):
-    # a lone request's cheapest chain is the replica, whatever the load on the machine.
+    # The split chain clearly slower per token than the replica, so that a lone request's
+    # cheapest chain is the replica with a margin (the router's measured inputs on this loaded
+    # machine, once: vLLM about 5 ms per block, the torch stages 25-32 ms at speed factor 2).
     for node in cfg["nodes"]:
         if node["name"] != VLLM_CHAIN:
             node["speed_factor"] = 2.0
