@@ -54,5 +54,25 @@ bench: $(STAMP)
 bench-peer: $(STAMP)
 	$(BIN)/python -m bench.peer_vllm $(PEER_ARGS)
 
+# vLLM's CPU build in its own venv (~3.5 GB, a few minutes), never inside .venv.
+.PHONY: vllm-venv run-vllm test-vllm
+vllm-venv: $(STAMP)
+	$(BIN)/python -c "from bench.peer_vllm import build_vllm_venv; build_vllm_venv()"
+
+# One big node serves the whole model with vLLM, two small nodes a split chain, one router.
+run-vllm: vllm-venv
+	$(BIN)/tessera up examples/local-vllm.yaml
+
+# The vLLM integration tests (one vLLM server for the module, about 2-4 minutes to start).
+# Plain `make test` runs them too when .venv-vllm exists, and skips them otherwise.
+test-vllm: vllm-venv
+	$(BIN)/pytest -q -m vllm tests/integration
+
+# A vLLM replica via Tessera's router against vLLM directly, and the mixed pool against the
+# replica alone (two pools in turn; builds .venv-vllm first). Options: VLLM_BENCH_ARGS="--eager".
+.PHONY: bench-vllm
+bench-vllm: vllm-venv
+	$(BIN)/python -m bench.vllm_engine $(VLLM_BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache

@@ -332,13 +332,20 @@ def _round(x: float | None, digits: int = 2) -> float | None:
 
 
 async def run_scenario(
-    base: str, streams: int, rounds: int, max_tokens: int, budget_s: float
+    base: str,
+    streams: int,
+    rounds: int,
+    max_tokens: int,
+    budget_s: float,
+    headers: dict[str, str] | None = None,
 ) -> Scenario:
     """`streams` clients, each sending up to `rounds` requests back to back within `budget_s`."""
     limits = httpx.Limits(max_connections=streams + 2, max_keepalive_connections=streams + 2)
     timeout = httpx.Timeout(REQUEST_TIMEOUT_S, connect=10)
     stop_at = time.monotonic() + budget_s
-    async with httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False) as client:
+    async with httpx.AsyncClient(
+        timeout=timeout, limits=limits, trust_env=False, headers=headers
+    ) as client:
 
         async def one_client(i: int) -> list[Answer]:
             out = []

@@ -118,6 +118,7 @@ def test_operator_deployment_runs_tessera_operator_non_root() -> None:
     env = {e["name"]: e["value"] for e in c["env"]}
     assert env["TESSERA_WORKER_IMAGE"] == "ghcr.io/tessera-dev/tessera-worker:9.9.9"
     assert env["TESSERA_ROUTER_IMAGE"] == "ghcr.io/tessera-dev/tessera-router:0.1.0"
+    assert env["TESSERA_VLLM_IMAGE"] == "vllm/vllm-openai:v0.11.0"  # vLLM's tag, not ours
     assert hardening_problems(pod) == []
     assert pod["serviceAccountName"] == "custom-sa"
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"

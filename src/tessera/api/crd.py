@@ -355,6 +355,12 @@ class StagesSection(_Base):
         description="an answer never depends on what else runs (bit for bit); one thread per "
         "stage, and a lone request is slower",
     )
+    engine: Literal["tessera", "vllm"] = Field(
+        default="tessera",
+        description="vllm: a stage that holds every block with room for its share of the "
+        "concurrency (a full replica) runs vLLM's OpenAI server, routed as a one-hop chain "
+        "beside the split chains; the other stages run Tessera's worker",
+    )
 
 
 class Images(_Base):
@@ -363,6 +369,13 @@ class Images(_Base):
     )
     router: str | None = Field(
         default=None, min_length=1, max_length=MAX_REFERENCE, pattern=NO_SPACES
+    )
+    vllm: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_REFERENCE,
+        pattern=NO_SPACES,
+        description="image of full-replica stages (engine: vllm)",
     )
     pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
 

@@ -15,7 +15,9 @@ so.
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from types import MappingProxyType
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -35,6 +37,7 @@ from tessera.placement import (
 )
 from tessera.placement.evaluate import evaluate_placement
 from tessera.placement.perf import chain_hops, predicted_for
+from tessera.placement.replicas import full_replicas, replica_sessions
 from tessera.router.stragglers import StragglerPolicy
 
 CPU_BYTES_PER_S = 6e9  # effective weight streaming rate of one core in a decode step (measured)
@@ -82,6 +85,9 @@ class NodeIn(_Strict):
         pattern=r"^[0-9]+:[0-9]+$",
         description="START:END to pin this node's blocks (all nodes or none): no solver",
     )
+    # vllm: the node serves the whole model with vLLM's OpenAI server (a one-hop chain); the
+    # solver places the split chains on the other nodes.
+    engine: Literal["tessera", "vllm"] = "tessera"
 
     @field_validator("memory_bytes", mode="before")
     @classmethod
@@ -107,6 +113,19 @@ class RouterIn(_Strict):
     )
 
 
+class VllmIn(_Strict):
+    """How `tessera up` runs the nodes with `engine: vllm`."""
+
+    python: str = Field(
+        default=".venv-vllm/bin/python",
+        description="the interpreter of vLLM's own venv (`make vllm-venv`), never .venv's",
+    )
+    kv_cache_gib: float = Field(default=1.0, gt=0.0)  # VLLM_CPU_KVCACHE_SPACE
+    enforce_eager: bool = False  # true: starts sooner, decodes slower (no torch.compile)
+    ready_timeout_s: float = Field(default=600.0, gt=0.0)  # vLLM loads and compiles first
+    args: list[str] = Field(default_factory=list)  # more `vllm serve` flags
+
+
 class LocalConfig(_Strict):
     model: ModelIn
     workload: WorkloadIn
@@ -118,6 +137,7 @@ class LocalConfig(_Strict):
     batch_invariant: bool = False
     max_batch_tokens: int = Field(default=256, gt=0)  # per forward: decodes plus prefill chunks
     router: RouterIn = RouterIn()
+    vllm: VllmIn = VllmIn()
 
 
 def parse_config(data: Any) -> LocalConfig:
@@ -135,7 +155,49 @@ def parse_config(data: Any) -> LocalConfig:
     pinned = [n.blocks is not None for n in cfg.nodes]
     if any(pinned) and not all(pinned):
         raise InvalidInput("nodes.blocks", "pin the blocks of every node, or of none")
+    vllm_pinned = [n.name for n in cfg.nodes if n.engine == "vllm" and n.blocks is not None]
+    if vllm_pinned:
+        raise InvalidInput(
+            f"nodes.{vllm_pinned[0]}.blocks", "a vllm node holds every block: do not pin it"
+        )
+    if all(n.engine == "vllm" for n in cfg.nodes) and any(pinned):
+        raise InvalidInput("nodes.blocks", "nothing to pin: every node runs vllm")
     return cfg
+
+
+def vllm_nodes(cfg: LocalConfig) -> list[str]:
+    return [n.name for n in cfg.nodes if n.engine == "vllm"]
+
+
+def without_vllm(cfg: LocalConfig) -> LocalConfig:
+    """The pool of the split chains: the nodes that run Tessera's stages."""
+    return cfg.model_copy(update={"nodes": [n for n in cfg.nodes if n.engine != "vllm"]})
+
+
+def with_replicas(problem: Problem, split: Plan, replicas: list[str]) -> Plan:
+    """`split` (a plan over the Tessera nodes of `problem`) plus a full-model placement on each
+    vLLM node, routes recomputed; Infeasible if a vLLM node is not a full replica (it cannot
+    hold the model with room for its share of the concurrency, `placement.replicas`)."""
+    placement = (*split.placement, *(Placement(n, 0, problem.num_blocks) for n in replicas))
+    concurrency = problem.workload.concurrent_requests or 1  # the whole pool's design point
+    evaluated = evaluate_placement(problem, placement, concurrency, f"{split.solver}+vllm")
+    # The split plan's own statistics stay (it was solved for the rest of the pool).
+    plan = dataclasses.replace(
+        evaluated,
+        stats=MappingProxyType({**split.stats, "concurrent_requests": concurrency}),
+    )
+    fit = set(full_replicas(problem, plan))
+    short = [n for n in replicas if n not in fit]
+    if short:
+        raise Infeasible(
+            f"vllm node {short[0]} cannot hold the whole model with room for its share "
+            f"({replica_sessions(problem, short[0])} full-length sessions fit): give it more "
+            "memory_bytes"
+        )
+    errors = validate(problem, plan)
+    if errors:
+        raise Infeasible(f"the pool with vLLM replicas is not a valid plan: {'; '.join(errors)}")
+    return plan
 
 
 def pinned_plan(cfg: LocalConfig, problem: Problem) -> Plan | None:

@@ -25,9 +25,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
 
+from tessera.api.vllm import API_KEY_ENV, endpoint
 from tessera.errors import Infeasible
 from tessera.modelfiles import read_config, sizes
 from tessera.placement import Plan, Problem, plan_to_dict, problem_to_dict, solve
+from tessera.placement.replicas import split_concurrency
 
 from .config import (
     ROUTER_CLIENT,
@@ -36,7 +38,11 @@ from .config import (
     build_problem,
     pinned_plan,
     typical_first_token_s,
+    vllm_nodes,
+    with_replicas,
+    without_vllm,
 )
+from .vllm import vllm_command
 
 MAX_DEATHS = 5
 DEATH_WINDOW_S = 120.0
@@ -53,11 +59,13 @@ class Child:
     proc: subprocess.Popen[bytes] | None = None
     deaths: list[float] = field(default_factory=list)
     restart_at: float | None = None
+    env: dict[str, str] | None = None  # added to the launcher's environment
 
     def start(self) -> None:
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it from here
+        env = {**os.environ, **self.env} if self.env else None
         self.proc = subprocess.Popen(
-            self.argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            self.argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
         )
         log.close()
         self.restart_at = None
@@ -121,7 +129,20 @@ class Launcher:
 
     # --- plan ---------------------------------------------------------------------------------
     def plan(self) -> tuple[Problem, Plan]:
-        problem = build_problem(self.cfg, sizes(read_config(self.model_dir), self.cfg.model.dtype))
+        model_sizes = sizes(read_config(self.model_dir), self.cfg.model.dtype)
+        problem = build_problem(self.cfg, model_sizes)
+        replicas = vllm_nodes(self.cfg)
+        if replicas and len(replicas) < len(self.cfg.nodes):
+            # The split chains are placed over the Tessera nodes; each vLLM node holds it all.
+            split_cfg = without_vllm(self.cfg)
+            concurrency = split_concurrency(self.cfg.workload.concurrent_requests, len(replicas))
+            split_problem = build_problem(split_cfg, model_sizes).with_concurrency(concurrency)
+            split = pinned_plan(split_cfg, split_problem) or solve(split_problem, self.cfg.solver)  # type: ignore[arg-type]
+            if not split.feasible:
+                raise Infeasible(f"the split nodes cannot serve this model: {split.reason}")
+            return problem, with_replicas(problem, split, replicas)
+        if replicas:
+            return problem, with_replicas(problem, Plan("vllm", True), replicas)
         plan = pinned_plan(self.cfg, problem) or solve(problem, self.cfg.solver)  # type: ignore[arg-type]
         if not plan.feasible:
             raise Infeasible(f"the virtual pool cannot serve this model: {plan.reason}")
@@ -147,6 +168,12 @@ class Launcher:
             wport = node.port or free_port()
             url = f"http://127.0.0.1:{wport}"
             endpoints[p.server] = url
+            if node.engine == "vllm":
+                argv, env = vllm_command(self.cfg, self.model_dir, wport)
+                log_path = self.run_dir / f"{p.server}.log"
+                self.children.append(Child(p.server, argv, log_path, f"{url}/health", env=env))
+                endpoints[p.server] = endpoint(url)
+                continue
             argv = py + [
                 "worker",
                 f"--model={self.model_dir}",
@@ -169,6 +196,10 @@ class Launcher:
                 Child(p.server, argv, self.run_dir / f"{p.server}.log", f"{url}/readyz")
             )
         self.write_files(problem, plan, endpoints)
+        token = self.token_path.read_text().strip()
+        for child in self.children:
+            if child.env is not None:  # vLLM requires the deployment token on its /v1 routes
+                child.env[API_KEY_ENV] = token
         router_argv = py + [
             "router",
             f"--plan={self.run_dir / 'plan.json'}",
@@ -232,7 +263,10 @@ class Launcher:
         self.stopping = True
 
     def _wait_ready(self) -> bool:
-        deadline = time.monotonic() + READY_TIMEOUT_S
+        timeout_s = READY_TIMEOUT_S
+        if vllm_nodes(self.cfg):  # vLLM loads (and compiles) for minutes
+            timeout_s = max(timeout_s, self.cfg.vllm.ready_timeout_s)
+        deadline = time.monotonic() + timeout_s
         pending = list(self.children)
         while pending and not self.stopping:
             if self._reap() is not None:
@@ -240,7 +274,7 @@ class Launcher:
             pending = [c for c in pending if not _ok(c.health_url)]
             if time.monotonic() > deadline:
                 self.out(
-                    f"tessera: not ready after {READY_TIMEOUT_S:.0f} s: "
+                    f"tessera: not ready after {timeout_s:.0f} s: "
                     f"{', '.join(c.name for c in pending)}"
                 )
                 for c in pending:

@@ -88,6 +88,7 @@ def settings_from_env() -> Settings:
                 "TESSERA_ROUTER_IMAGE", "ghcr.io/tessera-dev/tessera-router:0.1.0"
             ),
             pull_policy=os.environ.get("TESSERA_IMAGE_PULL_POLICY", "IfNotPresent"),
+            vllm=os.environ.get("TESSERA_VLLM_IMAGE") or None,
         )
     )
 

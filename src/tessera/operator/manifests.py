@@ -57,6 +57,7 @@ class Images:
     worker: str
     router: str
     pull_policy: str = "IfNotPresent"
+    vllm: str | None = None  # full-replica stages (engine: vllm); None: manifests_vllm's default
 
 
 def dns_name(*parts: str) -> str:
@@ -346,12 +347,16 @@ def _compact(doc: Any) -> str:
     return json.dumps(doc, separators=(",", ":"), sort_keys=True)
 
 
-def plan_configmap(owner: Owner, problem: Problem, plan: Plan) -> dict[str, Any]:
-    """The router's three plan files (placement-contract.md), for the routed servers only."""
+def plan_configmap(
+    owner: Owner, problem: Problem, plan: Plan, endpoints: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """The router's three plan files (placement-contract.md), for the routed servers only.
+    `endpoints`: the stages' URLs when some differ from `endpoints_map` (vLLM stages)."""
+    urls = dict(endpoints) if endpoints is not None else endpoints_map(owner, plan)
     data = {
         "plan.json": _compact(plan_to_dict(plan)),
         "problem.json": _compact(problem_to_dict(problem)),
-        "endpoints.json": _compact(endpoints_map(owner, plan)),
+        "endpoints.json": _compact(urls),
     }
     return with_hash(
         {

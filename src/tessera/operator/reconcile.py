@@ -21,7 +21,7 @@ from tessera.api.crd import LLMDeploymentSpec, check_name
 from tessera.errors import Infeasible, InvalidInput
 from tessera.placement import Plan, Problem, plan_from_dict, problem_to_dict, solve
 
-from . import inventory, manifests, rollout, status
+from . import inventory, manifests, manifests_vllm, rollout, status
 from .kube import Kube
 
 EventSink = Callable[[str, str, str], None]  # (type Normal|Warning, reason, message)
@@ -212,9 +212,15 @@ def reconcile(
             spec.images.worker or images.worker,
             spec.images.router or images.router,
             spec.images.pull_policy,
+            images.vllm,
         )
+    vllm = manifests_vllm.vllm_servers(spec, inv.problem, decision.target)
     desired = [
-        manifests.stage_deployment(owner, spec, inv.server(s), r, inv.problem, images)
+        manifests_vllm.vllm_stage_deployment(
+            owner, spec, inv.server(s), inv.problem, images, manifests_vllm.image_of(spec, images)
+        )
+        if s in vllm
+        else manifests.stage_deployment(owner, spec, inv.server(s), r, inv.problem, images)
         for s, r in sorted(after.items())
         if s in present
     ]
@@ -223,7 +229,9 @@ def reconcile(
     if published is not None and rollout.ranges_of(published) == rollout.ranges_of(serving):
         serving = published  # same stages: keep the published plan byte for byte (no reload)
     routed = rollout.restrict(inv.problem, (p.server for p in serving.placement))
-    cm = manifests.plan_configmap(owner, routed, serving)
+    cm = manifests.plan_configmap(
+        owner, routed, serving, manifests_vllm.endpoints_map(owner, serving, vllm)
+    )
     size = sum(len(v) for v in cm["data"].values())
     if size > PLAN_BYTES_LIMIT:
         raise InvalidInput(

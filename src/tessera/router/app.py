@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from tessera.api.vllm import split_endpoint
 from tessera.placement import Plan, Problem
 
 from .auth import ApiKeys
@@ -31,6 +32,7 @@ from .reload import PlanFiles, PlanReloader, PlanSet
 from .stage_client import StageClient
 from .stragglers import StragglerPolicy
 from .tokenizer import Tokenizer
+from .vllm_chain import vllm_client
 
 log = logging.getLogger("tessera.router")
 
@@ -63,6 +65,17 @@ def build_app(config: RouterConfig) -> FastAPI:
     def make_client(name: str, url: str) -> StageClient:
         if config.stage_clients is not None and name in config.stage_clients:
             return config.stage_clients[name]
+        engine, base = split_endpoint(url)
+        if engine == "vllm":  # a whole-model vLLM server: a one-hop chain (vllm_chain.py)
+            return vllm_client(
+                config.problem,
+                config.plan,
+                name,
+                base,
+                model_name=config.model_name,
+                timeout_s=config.step_timeout_s,
+                token=config.worker_token,
+            )
         return StageClient(name, url, timeout_s=config.step_timeout_s, token=config.worker_token)
 
     clients = dict(config.stage_clients or {}) or {
