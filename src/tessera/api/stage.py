@@ -19,6 +19,12 @@ Routes on a worker (all under one port):
   step's tensor bytes in order. The answer (200 whenever the batch itself was readable) is
   `pack(StepResults, payloads)`, one `StepOut` per step in the same order, each with its own
   `status` (200, or the status the single-step route would give) and error.
+  A step may ask for its output hidden states in a smaller wire dtype (`StepIn.wire_dtype`,
+  chosen per link by `tessera.placement.wire`): `float16` (a cast; lossless in practice) or
+  `int8-outlier` (per-token int8 plus the top-k channels in float16, `worker/wire_codec.py`;
+  lossy, opt-in). The stage never widens: it sends its compute dtype when that is no larger,
+  or when the values do not fit float16. `StepOut.dtype` says what was sent, and the router
+  relays those bytes to the next stage untouched, which decodes them to its compute dtype.
 - `POST /v1/sessions/{session_id}/close` -> 200 `SessionClosed` (idempotent).
 - `GET /state` -> `StageState`; `GET /healthz`, `GET /readyz`, `GET /metrics` (Prometheus).
 
@@ -30,6 +36,7 @@ answers 401 `StageError` without it.
 from __future__ import annotations
 
 import struct
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -42,7 +49,9 @@ HEADER_SEED = "x-seed"
 HEADER_COMPUTE_S = "x-compute-s"  # in step answers: the stage's compute seconds for the step
 HEADER_AUTHORIZATION = "authorization"  # `Bearer <deployment token>` on every call but probes
 TENSOR_MEDIA_TYPE = "application/octet-stream"
-WIRE_DTYPES = ("int64", "float32", "bfloat16", "float16")
+WIRE_INT8_OUTLIER = "int8-outlier"  # per-token int8 + top-k channels in float16 (lossy)
+WireDtype = Literal["float32", "bfloat16", "float16", "int8-outlier"]  # a hidden state's wire
+WIRE_DTYPES = ("int64", *get_args(WireDtype))
 MAX_BATCH_STEPS = 1024  # steps in one /v1/steps message
 
 
@@ -123,6 +132,7 @@ class StepIn(_Wire):
     temperature: float | None = None  # sampling: read by the stage that ends at the last block
     top_p: float | None = None
     seed: int | None = None
+    wire_dtype: WireDtype | None = None  # send the output hidden states in this (or smaller)
 
 
 class StepBatch(_Wire):

@@ -256,8 +256,11 @@ class Worker:
         )
 
 
-def _step_out(session_id: str, future: asyncio.Future[Result]) -> tuple[wire.StepOut, bytes]:
-    """One step's entry in a /v1/steps answer, and its tensor bytes (none for a token)."""
+def _step_out(
+    session_id: str, future: asyncio.Future[Result], wire_dtype: str | None = None
+) -> tuple[wire.StepOut, bytes]:
+    """One step's entry in a /v1/steps answer, and its tensor bytes (none for a token), hidden
+    states in `wire_dtype` where that is smaller (see `tensors.encode_tensor`)."""
     exc = future.exception()
     if exc is not None:
         if not isinstance(exc, TesseraError):
@@ -275,7 +278,7 @@ def _step_out(session_id: str, future: asyncio.Future[Result]) -> tuple[wire.Ste
         return wire.StepOut(
             session_id=session_id, status=200, token=result, compute_s=compute_s
         ), b""
-    data, headers = encode_tensor(result)
+    data, headers = encode_tensor(result, wire_dtype)
     out = wire.StepOut(
         session_id=session_id,
         status=200,
@@ -418,7 +421,10 @@ def build_app(worker: Worker, token: str | None = None) -> FastAPI:
             entries.append((item.session_id, x, item.position, sampling))
         futures = worker.submit_many(entries)
         await asyncio.wait(futures)
-        done = [_step_out(i.session_id, f) for i, f in zip(batch.steps, futures, strict=True)]
+        done = [
+            _step_out(i.session_id, f, i.wire_dtype)
+            for i, f in zip(batch.steps, futures, strict=True)
+        ]
         body = wire.pack(wire.StepResults(results=[r for r, _ in done]), [d for _, d in done])
         return await delayed(Response(content=body, media_type=wire.TENSOR_MEDIA_TYPE))
 
