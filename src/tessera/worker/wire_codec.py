@@ -21,14 +21,16 @@ from __future__ import annotations
 import torch
 
 from tessera.errors import InvalidInput
+from tessera.placement.wire import INT8_OUTLIER, OUTLIER_CHANNELS, bytes_per_token
 
-OUTLIER_CHANNELS = 12  # k: chosen on SmolLM2 (docs/wire.md): 0.545x the bytes of float16
 FP16_MAX = 65504.0
 _INDEX_LIMIT = 1 << 15  # channel indices travel as int16
 
 
 def nbytes(tokens: int, hidden: int, k: int = OUTLIER_CHANNELS) -> int:
-    """Bytes of a [1, tokens, hidden] tensor in this format."""
+    """Bytes of a [1, tokens, hidden] tensor in this format (the placement's size for k)."""
+    if k == OUTLIER_CHANNELS:
+        return tokens * bytes_per_token(INT8_OUTLIER, hidden)
     return tokens * (hidden + 4 + 4 * k)
 
 
