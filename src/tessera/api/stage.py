@@ -38,7 +38,7 @@ from __future__ import annotations
 import struct
 from typing import Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 HEADER_DTYPE = "x-dtype"
 HEADER_SHAPE = "x-shape"
@@ -132,7 +132,14 @@ class StepIn(_Wire):
     temperature: float | None = None  # sampling: read by the stage that ends at the last block
     top_p: float | None = None
     seed: int | None = None
-    wire_dtype: WireDtype | None = None  # send the output hidden states in this (or smaller)
+    wire_dtype: str | None = None  # send the output hidden states in this (or smaller)
+
+    @field_validator("wire_dtype")
+    @classmethod
+    def _known_wire(cls, v: str | None) -> str | None:
+        if v is not None and v not in get_args(WireDtype):
+            raise ValueError(f"must be one of {', '.join(get_args(WireDtype))}")
+        return v
 
 
 class StepBatch(_Wire):

@@ -6,7 +6,7 @@ import argparse
 import logging
 import os
 import pathlib
-from typing import Any
+from typing import Any, get_args
 
 from tessera.errors import InvalidInput
 
@@ -76,8 +76,35 @@ def add_parser(sub: Any) -> None:
         help="check the plan, problem and endpoints files every S seconds and switch new "
         "requests to a changed, valid set without a restart; 0: never (default 2)",
     )
+    p.add_argument(
+        "--wire-dtypes",
+        default=None,
+        help="JSON: server name -> the wire dtype its link got (tessera.placement.wire), e.g. "
+        '{"far-node": "int8-outlier"}; a stage before a slow link sends its hidden states in it '
+        "(default: every link exact)",
+    )
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=run)
+
+
+def parse_wire_dtypes(raw: str | None) -> dict[str, str]:
+    """`--wire-dtypes`: a JSON object of server name -> a wire dtype the protocol knows."""
+    import json
+
+    from tessera.api.stage import WireDtype
+
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput("--wire-dtypes", f"not JSON: {exc}") from None
+    known = get_args(WireDtype)
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and v in known for k, v in value.items()
+    ):
+        raise InvalidInput("--wire-dtypes", f"want an object of server -> one of {list(known)}")
+    return value
 
 
 def read_token(path: str | None, flag: str) -> str | None:
@@ -129,6 +156,7 @@ def load_config(args: argparse.Namespace) -> Any:
         worker_token=read_token(args.worker_token_file, "--worker-token-file"),
         plan_files=files if args.reload_interval_s > 0 else None,
         reload_interval_s=args.reload_interval_s or 2.0,
+        wire_dtypes=parse_wire_dtypes(args.wire_dtypes),
     )
 
 

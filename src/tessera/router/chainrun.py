@@ -17,6 +17,7 @@ from typing import Any
 
 from tessera.api.stage import StepToken
 from tessera.errors import Busy, NotFound
+from tessera.placement.wire import boundary
 
 from .chains import Hop, LiveChains
 from .stage_client import StageFailed, StepSampling, Tensor
@@ -63,11 +64,15 @@ class ChainRun:
             if not isinstance(x, Tensor):
                 raise StageFailed(hop.server, "a stage before the last returned a token")
             last = i == len(self.hops) - 1
+            client = self.chains.client(hop.server)
+            # The output crosses this stage's link and the next one's: the smaller dtype
+            # (asked only for a compressed link: an exact one needs nothing extra).
+            after = None if last else self.chains.client(self.hops[i + 1].server).wire_dtype
+            out_wire = None if last else boundary(client.wire_dtype, after)
+            extra = {"wire_dtype": out_wire} if out_wire else {}
             t0 = time.perf_counter()
             try:
-                x = await self.chains.client(hop.server).step(
-                    sid, x, position, self.sampling if last else None
-                )
+                x = await client.step(sid, x, position, self.sampling if last else None, **extra)
             except NotFound as exc:
                 raise SessionLost(hop.server, str(exc)) from exc
             if self.observe_hop is not None:

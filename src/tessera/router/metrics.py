@@ -44,6 +44,12 @@ class RouterMetrics:
         self.failovers = Counter(
             "tessera_failovers_total", "Chains rebuilt after a stage failed mid-request", registry=r
         )
+        self.wire_bytes = Counter(
+            "tessera_wire_bytes_total",
+            "Bytes of step messages between the router and a stage (direction: sent, received)",
+            ["server", "direction"],
+            registry=r,
+        )
         self.hop = Histogram(
             "tessera_stage_hop_seconds",
             "Round trip of one step to one stage, seen by the router",
@@ -51,3 +57,7 @@ class RouterMetrics:
             buckets=_HOP_BUCKETS,
             registry=r,
         )
+
+    def observe_wire(self, server: str, sent: int, received: int) -> None:
+        self.wire_bytes.labels(server, "sent").inc(sent)
+        self.wire_bytes.labels(server, "received").inc(received)
