@@ -38,6 +38,7 @@ from .auth import TokenAuth
 from .batch import INVARIANT_MIN_ROWS, PAGE_TOKENS
 from .blocks import StageModel
 from .calibrate import Calibration, calibrate
+from .emulated_link import EmulatedLink
 from .sampling import Sampling
 from .scheduler import BatchStats, FutureResolver, PositionAhead, Result, Scheduler, Step
 from .sessions import SessionTable
@@ -57,6 +58,7 @@ class WorkerSettings:
     max_length: int
     speed_factor: float = 1.0
     delay_s: float = 0.0
+    bandwidth_bytes_per_s: float | None = None  # emulate a slow link (tests, benchmarks)
     idle_timeout_s: float = 120.0
     max_batch_tokens: int = 256  # tokens in one batched forward (decodes plus prefill chunks)
     page_tokens: int = PAGE_TOKENS
@@ -333,6 +335,9 @@ def build_app(worker: Worker, token: str | None = None) -> FastAPI:
     if token is not None:
         app.add_middleware(TokenAuth, token=token)
 
+    bandwidth = worker.settings.bandwidth_bytes_per_s
+    link = EmulatedLink(bandwidth) if bandwidth else None
+
     async def delayed(response: Response) -> Response:
         if worker.settings.delay_s > 0:  # emulated network delay between router and this node
             await asyncio.sleep(worker.settings.delay_s)
@@ -393,7 +398,10 @@ def build_app(worker: Worker, token: str | None = None) -> FastAPI:
         """Several sessions' steps in one message; each gets its own result (see the protocol)."""
         try:
             worker.ready()
-            head, payload = wire.unpack(await request.body())
+            raw = await request.body()
+            if link is not None:
+                await link.carry("in", len(raw))
+            head, payload = wire.unpack(raw)
             batch = wire.StepBatch.model_validate_json(head)
             parts = wire.split_payload(payload, [s.nbytes for s in batch.steps])
         except ValueError as exc:  # broken framing (pydantic's ValidationError is a ValueError)
@@ -426,6 +434,8 @@ def build_app(worker: Worker, token: str | None = None) -> FastAPI:
             for i, f in zip(batch.steps, futures, strict=True)
         ]
         body = wire.pack(wire.StepResults(results=[r for r, _ in done]), [d for _, d in done])
+        if link is not None:
+            await link.carry("out", len(body))
         return await delayed(Response(content=body, media_type=wire.TENSOR_MEDIA_TYPE))
 
     @app.post("/v1/sessions/{session_id}/close")
