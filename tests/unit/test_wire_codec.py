@@ -41,7 +41,9 @@ def _decode(data: bytes, headers: dict[str, str]) -> torch.Tensor:
 
 def test_outlier_int8_keeps_the_body_where_plain_int8_loses_it():
     x = _residual()
+    before = x.clone()
     outlier = wire_codec.decode(wire_codec.encode(x) or b"", 8, H)
+    assert torch.equal(x, before)  # the stage's tensor is left alone
     plain = wire_codec.decode(wire_codec.encode(x, 0) or b"", 8, H, 0)
     assert _rel_err(outlier, x) < 0.01
     assert _rel_err(plain, x) > 10 * _rel_err(outlier, x)
@@ -75,6 +77,17 @@ def test_an_outlier_beyond_float16_falls_back_to_the_compute_dtype():
     x[0, 2, 100] = -1e5
     data, headers = encode_tensor(x, wire.WIRE_INT8_OUTLIER)
     assert headers[wire.HEADER_DTYPE] == "float32" and torch.equal(_decode(data, headers), x)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_value_that_is_not_finite_is_never_quantized(bad):
+    x = _residual()
+    for c in (3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 15, 16, 17):  # more than k of them
+        x[0, 1, c] = bad
+    assert wire_codec.encode(x) is None
+    x = _residual()
+    x[0, 1, 3] = bad  # one: it would be an outlier, whose float16 cannot carry it either
+    assert wire_codec.encode(x) is None
 
 
 def test_the_stage_never_widens_and_leaves_token_ids_alone():

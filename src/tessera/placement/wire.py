@@ -33,11 +33,11 @@ _ITEM_BYTES = {FLOAT32: 4, BFLOAT16: 2, FLOAT16: 2}
 _SMALLER = {FLOAT32: 0, BFLOAT16: 1, FLOAT16: 1, INT8_OUTLIER: 2}  # fewer bytes: higher
 
 
-def bytes_per_token(wire_dtype: str, hidden_size: int) -> int:
+def bytes_per_token(wire_dtype: str, hidden_size: int, k: int = OUTLIER_CHANNELS) -> int:
     """Bytes of one token's hidden state on the wire. Outlier int8: H int8 values, a float32
     scale, and k (int16 channel, float16 value) pairs (`worker/wire_codec.py`)."""
     if wire_dtype == INT8_OUTLIER:
-        return hidden_size + 4 + 4 * OUTLIER_CHANNELS
+        return hidden_size + 4 + 4 * k
     return hidden_size * _ITEM_BYTES[wire_dtype]
 
 

@@ -28,28 +28,27 @@ _INDEX_LIMIT = 1 << 15  # channel indices travel as int16
 
 
 def nbytes(tokens: int, hidden: int, k: int = OUTLIER_CHANNELS) -> int:
-    """Bytes of a [1, tokens, hidden] tensor in this format (the placement's size for k)."""
-    if k == OUTLIER_CHANNELS:
-        return tokens * bytes_per_token(INT8_OUTLIER, hidden)
-    return tokens * (hidden + 4 + 4 * k)
+    """Bytes of a [1, tokens, hidden] tensor in this format."""
+    return tokens * bytes_per_token(INT8_OUTLIER, hidden, k)
 
 
 def encode(h: torch.Tensor, k: int = OUTLIER_CHANNELS) -> bytes | None:
     """The bytes of hidden states [1, T, H], or None when a value is not finite or an outlier
     does not fit float16 (the caller then sends the compute dtype: never a wrong value)."""
     _, t, hidden = h.shape
-    if hidden >= _INDEX_LIMIT or k > hidden:
+    if hidden >= _INDEX_LIMIT or k >= hidden:
         return None
     x = h.detach().reshape(t, hidden).float().cpu()
-    if not bool(torch.isfinite(x).all()):
-        return None
-    index = x.abs().topk(k, dim=1).indices if k else torch.empty(t, 0, dtype=torch.long)
+    # One partial sort per token gives the outliers (the top k) and the scale of the rest
+    # (the (k+1)-th magnitude); NaN sorts first, so a NaN or infinity anywhere shows here.
+    top = x.abs().topk(k + 1, dim=1)
+    index = top.indices[:, :k]
     value = x.gather(1, index)
-    if value.numel() and float(value.abs().max()) > FP16_MAX:
+    scale = top.values[:, k].clamp_min(1e-12) / 127.0
+    if not (float(top.values[:, 0].max()) <= FP16_MAX and bool(torch.isfinite(scale).all())):
         return None
-    rest = x.scatter(1, index, 0.0)
-    scale = rest.abs().amax(dim=1).clamp_min(1e-12) / 127.0
-    q = torch.round(rest / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+    q = torch.mul(x, scale.reciprocal()[:, None]).round_().clamp_(-127, 127).to(torch.int8)
+    q.scatter_(1, index, 0)  # the outliers travel apart
     parts = (q, scale, index.to(torch.int16), value.to(torch.float16))
     return b"".join(p.contiguous().view(torch.uint8).numpy().tobytes() for p in parts)
 
@@ -72,6 +71,6 @@ def decode(body: bytes, tokens: int, hidden: int, k: int = OUTLIER_CHANNELS) -> 
     value = take(tokens * k, torch.float16).view(tokens, k)
     if index.numel() and (int(index.min()) < 0 or int(index.max()) >= hidden):
         raise InvalidInput("body", f"outlier channel indices must be in [0, {hidden})")
-    x = q.float() * scale[:, None]
+    x = torch.mul(q, scale[:, None])  # float32
     x.scatter_(1, index, value.float())
     return x.view(1, tokens, hidden)
