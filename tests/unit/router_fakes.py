@@ -37,9 +37,12 @@ class FakeStage:
         die_at_step: int | None = None,
         step_delay_s: float = 0.0,
         freeze_at_step: int | None = None,
+        wire_dtype: str | None = None,
     ) -> None:
         self.server, self.start, self.end = name, start, end
         self.base_url, self.token = f"http://fake-{name}", None
+        self.wire_dtype = wire_dtype  # the link's wire dtype (placement.wire)
+        self.asked_wire: list[str | None] = []  # the wire dtype each step asked for
         self.total_slots = total_slots
         self.die_at_step = die_at_step
         self.step_delay_s = step_delay_s
@@ -76,9 +79,15 @@ class FakeStage:
         return end - start
 
     async def step(
-        self, session_id: str, x: Tensor, position: int, sampling: object
+        self,
+        session_id: str,
+        x: Tensor,
+        position: int,
+        sampling: object,
+        wire_dtype: str | None = None,
     ) -> Tensor | wire.StepToken:
         self._alive()
+        self.asked_wire.append(wire_dtype)
         if self.die_at_step is not None and self.steps >= self.die_at_step:
             self.dead = True
             raise StageFailed(self.server, "ServerDisconnectedError: Server disconnected")

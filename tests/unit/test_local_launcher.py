@@ -99,3 +99,22 @@ def test_ready_is_printed_only_once_the_router_says_ready(local, tmp_path, monke
     finally:
         up.stop_all()
         server.shutdown()
+
+
+@pytest.mark.parametrize(("lossy", "wire"), [(False, "float16"), (True, "int8-outlier")])
+def test_a_slow_node_link_is_emulated_and_gets_a_smaller_wire(tmp_path, lossy, wire):
+    data = yaml.safe_load((REPO / "examples/local.yaml").read_text())
+    data["nodes"][2]["bandwidth_mbit_s"] = 10  # node-small: 1024 tokens x 2.3 kB take 1.9 s
+    data["lossy_wire"] = lossy
+    cfg = parse_config(data)
+    problem = build_problem(cfg, SMOLLM2)
+    plan = solve(problem, cfg.solver)
+    up = Launcher(cfg, tmp_path / "model", port=18000, run_dir=tmp_path / "run", out=print)
+    up.choose_wires(problem, plan, SMOLLM2.hidden_size)
+    assert up.wire_dtypes == {"node-small": wire}
+    up.build_children(problem, plan)
+    argv = {c.name: c.argv for c in up.children}
+    assert "--bandwidth-mbit-s=10.0" in argv["node-small"]
+    assert not any(a.startswith("--bandwidth") for a in argv["node-big"])
+    assert f'--wire-dtypes={{"node-small": "{wire}"}}' in argv["router"]
+    assert "node-small" in up.wire_lines(problem)[0]

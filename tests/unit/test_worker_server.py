@@ -239,6 +239,27 @@ def test_out_of_range_sampling_is_a_400_naming_it_and_top_logprobs_come_back(fir
     last.post("/v1/sessions/samp/close")
 
 
+def test_a_step_gets_its_output_in_the_wire_dtype_it_asks_for(first, last):
+    """The first stage answers in float16 or outlier int8 when asked; the last stage takes
+    either as its input (the router relays the bytes untouched)."""
+    assert open_(first, "w1", 0, 4).status_code == 200
+    assert open_(last, "w1", 4, 8).status_code == 200
+    prompt = [5, 17, 42, 7, 9]
+    sizes = {}
+    for wire_dtype in ("float32", "float16", "int8-outlier"):
+        extra = {"wire_dtype": wire_dtype}
+        status, hidden = _steps(first, [("w1", prompt, 0, extra)])
+        (result, data) = hidden[0]
+        assert status == 200 and result.dtype == wire_dtype and result.shape == "1,5,64"
+        sizes[wire_dtype] = len(data)
+        status, out = _steps(last, [("w1", (data, result.dtype, result.shape), 0, {})])
+        assert status == 200 and out[0][0].status == 200 and out[0][0].token is not None
+    assert sizes["float16"] * 2 == sizes["float32"]
+    assert sizes["int8-outlier"] < sizes["float16"]
+    first.post("/v1/sessions/w1/close")
+    last.post("/v1/sessions/w1/close")
+
+
 def test_a_broken_message_is_a_400_naming_the_body(first):
     r = first.post("/v1/steps", content=b"\x10\x00")
     assert r.status_code == 400 and "body" in r.json()["error"]["message"]

@@ -20,6 +20,12 @@ Routes on a worker (all under one port):
   step's tensor bytes in order. The answer (200 whenever the batch itself was readable) is
   `pack(StepResults, payloads)`, one `StepOut` per step in the same order, each with its own
   `status` (200, or the status the single-step route would give) and error.
+  A step may ask for its output hidden states in a smaller wire dtype (`StepIn.wire_dtype`,
+  chosen per link by `tessera.placement.wire`): `float16` (a cast; lossless in practice) or
+  `int8-outlier` (per-token int8 plus the top-k channels in float16, `worker/wire_codec.py`;
+  lossy, opt-in). The stage never widens: it sends its compute dtype when that is no larger,
+  or when the values do not fit float16. `StepOut.dtype` says what was sent, and the router
+  relays those bytes to the next stage untouched, which decodes them to its compute dtype.
 - `POST /v1/sessions/{session_id}/close` -> 200 `SessionClosed` (idempotent).
 - `GET /state` -> `StageState`; `GET /healthz`, `GET /readyz`, `GET /metrics` (Prometheus).
 
@@ -31,8 +37,9 @@ answers 401 `StageError` without it.
 from __future__ import annotations
 
 import struct
+from typing import Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 HEADER_DTYPE = "x-dtype"
 HEADER_SHAPE = "x-shape"
@@ -45,7 +52,9 @@ MAX_TOP_LOGPROBS = 20  # alternatives a step's token may list
 HEADER_COMPUTE_S = "x-compute-s"  # in step answers: the stage's compute seconds for the step
 HEADER_AUTHORIZATION = "authorization"  # `Bearer <deployment token>` on every call but probes
 TENSOR_MEDIA_TYPE = "application/octet-stream"
-WIRE_DTYPES = ("int64", "float32", "bfloat16", "float16")
+WIRE_INT8_OUTLIER = "int8-outlier"  # per-token int8 + top-k channels in float16 (lossy)
+WireDtype = Literal["float32", "bfloat16", "float16", "int8-outlier"]  # a hidden state's wire
+WIRE_DTYPES = ("int64", *get_args(WireDtype))
 MAX_BATCH_STEPS = 1024  # steps in one /v1/steps message
 
 
@@ -133,6 +142,14 @@ class StepIn(_Wire):
     top_p: float | None = None
     seed: int | None = None
     top_logprobs: int | None = None  # the last stage lists this many most likely tokens
+    wire_dtype: str | None = None  # send the output hidden states in this (or smaller)
+
+    @field_validator("wire_dtype")
+    @classmethod
+    def _known_wire(cls, v: str | None) -> str | None:
+        if v is not None and v not in get_args(WireDtype):
+            raise ValueError(f"must be one of {', '.join(get_args(WireDtype))}")
+        return v
 
 
 class StepBatch(_Wire):

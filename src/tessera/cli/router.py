@@ -6,7 +6,7 @@ import argparse
 import logging
 import os
 import pathlib
-from typing import Any
+from typing import Any, get_args
 
 from tessera.errors import InvalidInput
 from tessera.router.stragglers import StragglerPolicy
@@ -126,8 +126,35 @@ def add_parser(sub: Any) -> None:
         default=75,
         help="close a kept-alive connection idle for S seconds (default 75)",
     )
+    p.add_argument(
+        "--wire-dtypes",
+        default=None,
+        help="JSON: server name -> the wire dtype its link got (tessera.placement.wire), e.g. "
+        '{"far-node": "int8-outlier"}; a stage before a slow link sends its hidden states in it '
+        "(default: every link exact)",
+    )
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=run)
+
+
+def parse_wire_dtypes(raw: str | None) -> dict[str, str]:
+    """`--wire-dtypes`: a JSON object of server name -> a wire dtype the protocol knows."""
+    import json
+
+    from tessera.api.stage import WireDtype
+
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput("--wire-dtypes", f"not JSON: {exc}") from None
+    known = get_args(WireDtype)
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and v in known for k, v in value.items()
+    ):
+        raise InvalidInput("--wire-dtypes", f"want an object of server -> one of {list(known)}")
+    return value
 
 
 def read_token(path: str | None, flag: str) -> str | None:
@@ -194,6 +221,7 @@ def load_config(args: argparse.Namespace) -> Any:
             body_timeout_s=args.body_timeout_s,
             keep_alive_s=args.keep_alive_s,
         ),
+        wire_dtypes=parse_wire_dtypes(args.wire_dtypes),
     )
 
 

@@ -58,6 +58,13 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("--delay-s", type=float, default=0.0, help="emulated network delay per answer")
     p.add_argument(
+        "--bandwidth-mbit-s",
+        type=float,
+        default=None,
+        help="emulate a slow link to the router: step messages cross at this many Mbit/s "
+        "each way (tests and benchmarks)",
+    )
+    p.add_argument(
         "--idle-timeout-s", type=float, default=120.0, help="close idle sessions after S"
     )
     p.add_argument(
@@ -95,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidInput("--speed-factor", "must be at least 1 (it can only slow a device down)")
     if args.delay_s < 0 or args.idle_timeout_s <= 0:
         raise InvalidInput("--delay-s/--idle-timeout-s", "must not be negative")
+    if args.bandwidth_mbit_s is not None and args.bandwidth_mbit_s <= 0:
+        raise InvalidInput("--bandwidth-mbit-s", "must be positive")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     token = read_token(args.token_file, "--token-file")
     if token is None:
@@ -121,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
         max_length=args.max_length,
         speed_factor=args.speed_factor,
         delay_s=args.delay_s,
+        bandwidth_bytes_per_s=args.bandwidth_mbit_s * 1e6 / 8 if args.bandwidth_mbit_s else None,
         idle_timeout_s=args.idle_timeout_s,
         max_batch_tokens=args.max_batch_tokens,
         batch_invariant=args.batch_invariant,

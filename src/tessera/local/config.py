@@ -38,6 +38,7 @@ from tessera.placement import (
 from tessera.placement.evaluate import evaluate_placement
 from tessera.placement.perf import chain_hops, predicted_for
 from tessera.placement.replicas import full_replicas, replica_sessions
+from tessera.placement.wire import LinkWire, choose_wires
 from tessera.router.stragglers import StragglerPolicy
 
 CPU_BYTES_PER_S = 6e9  # effective weight streaming rate of one core in a decode step (measured)
@@ -79,6 +80,8 @@ class NodeIn(_Strict):
     memory_bytes: int
     speed_factor: float = Field(default=1.0, ge=1.0)
     delay_s: float = Field(default=0.0, ge=0.0, le=10.0)
+    # The link to the router: emulated by the worker, and the placement picks its wire dtype.
+    bandwidth_mbit_s: float | None = Field(default=None, gt=0.0)
     port: int | None = Field(default=None, gt=0, lt=65536)
     blocks: str | None = Field(
         default=None,
@@ -136,6 +139,9 @@ class LocalConfig(_Strict):
     # per worker; a lone session gets about 2x slower, batches of 8 or more are unaffected).
     batch_invariant: bool = False
     max_batch_tokens: int = Field(default=256, gt=0)  # per forward: decodes plus prefill chunks
+    # Allow outlier-aware int8 hidden states on links where transfer dominates (changes some
+    # answers: docs/wire.md); without it a slow link gets float16 at most.
+    lossy_wire: bool = False
     router: RouterIn = RouterIn()
     vllm: VllmIn = VllmIn()
 
@@ -271,3 +277,20 @@ def typical_first_token_s(
     chains = (plan.routes.get(client.name, ()) for client in problem.clients)
     hops_all = [chain_hops(problem, placed, chain) if chain else [] for chain in chains]
     return predicted_for(problem, hops_all, None, prompt_tokens).first_token_s
+
+
+def link_wires(
+    cfg: LocalConfig, problem: Problem, plan: Plan, hidden_size: int
+) -> tuple[LinkWire, ...]:
+    """Each placed node's link and the wire dtype the placement gives it (`placement.wire`)."""
+    bandwidths = {
+        n.name: n.bandwidth_mbit_s * 1e6 / 8 for n in cfg.nodes if n.bandwidth_mbit_s is not None
+    }
+    return choose_wires(
+        problem,
+        plan,
+        bandwidths,
+        hidden_size=hidden_size,
+        compute_dtype=cfg.model.dtype,
+        lossy=cfg.lossy_wire,
+    )

@@ -30,12 +30,14 @@ from tessera.errors import Infeasible
 from tessera.modelfiles import read_config, sizes
 from tessera.placement import Plan, Problem, plan_to_dict, problem_to_dict, solve
 from tessera.placement.replicas import split_concurrency
+from tessera.placement.wire import LinkWire
 
 from .config import (
     ROUTER_CLIENT,
     TYPICAL_PROMPT_TOKENS,
     LocalConfig,
     build_problem,
+    link_wires,
     pinned_plan,
     typical_first_token_s,
     vllm_nodes,
@@ -126,6 +128,8 @@ class Launcher:
         self.children: list[Child] = []
         self.stopping = False
         self.token_path = self.run_dir / "worker-token"
+        self.wires: tuple[LinkWire, ...] = ()  # each link's wire dtype (placement.wire)
+        self.wire_dtypes: dict[str, str] = {}  # server -> a compressed wire dtype for its link
 
     # --- plan ---------------------------------------------------------------------------------
     def plan(self) -> tuple[Problem, Plan]:
@@ -146,7 +150,24 @@ class Launcher:
         plan = pinned_plan(self.cfg, problem) or solve(problem, self.cfg.solver)  # type: ignore[arg-type]
         if not plan.feasible:
             raise Infeasible(f"the virtual pool cannot serve this model: {plan.reason}")
+        self.choose_wires(problem, plan, model_sizes.hidden_size)
         return problem, plan
+
+    def choose_wires(self, problem: Problem, plan: Plan, hidden_size: int) -> None:
+        self.wires = link_wires(self.cfg, problem, plan, hidden_size)
+        self.wire_dtypes = {
+            lk.server: lk.wire_dtype for lk in self.wires if lk.wire_dtype != self.cfg.model.dtype
+        }
+
+    def wire_lines(self, problem: Problem) -> list[str]:
+        """One line per link that does not carry the compute dtype."""
+        tokens = problem.workload.max_input_tokens
+        return [
+            f"wire to {lk.server:<14}: {lk.wire_dtype} (a {tokens}-token prompt's hidden states "
+            f"cross in {lk.transfer_s * 1e3:.0f} ms, {lk.exact_transfer_s * 1e3:.0f} ms exact)"
+            for lk in self.wires
+            if lk.server in self.wire_dtypes
+        ]
 
     def write_files(self, problem: Problem, plan: Plan, endpoints: dict[str, str]) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -189,6 +210,7 @@ class Launcher:
                 *(["--batch-invariant"] if self.cfg.batch_invariant else []),
                 f"--speed-factor={node.speed_factor}",
                 f"--delay-s={node.delay_s}",
+                *([f"--bandwidth-mbit-s={node.bandwidth_mbit_s}"] if node.bandwidth_mbit_s else []),
                 f"--token-file={self.token_path}",
                 "--log-level=warning",
             ]
@@ -223,6 +245,8 @@ class Launcher:
         ]
         if self.cfg.router.api_keys_file:
             router_argv.append(f"--api-keys-file={self.cfg.router.api_keys_file}")
+        if self.wire_dtypes:
+            router_argv.append(f"--wire-dtypes={json.dumps(self.wire_dtypes)}")
         self.children.append(
             Child(
                 "router",
@@ -238,6 +262,8 @@ class Launcher:
         from tessera.placement.report import render_table
 
         self.out(plan_summary(render_table(problem, plan, None), problem, plan))
+        for line in self.wire_lines(problem):
+            self.out(line)
         self.out("")
         self.build_children(problem, plan)
         previous = {

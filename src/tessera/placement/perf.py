@@ -111,3 +111,14 @@ def predicted_for(
         for c, h in enumerate(hops_all)
     ]
     return Predicted(weighted_mean(problem, per_token), weighted_mean(problem, first), bound)
+
+
+def transfer_s(
+    tokens: int, hidden_size: int, bytes_per_element: float, bandwidth_bytes_per_s: float | None
+) -> float:
+    """Seconds to move `tokens` tokens' hidden states over a link of that bandwidth, at
+    `bytes_per_element` on the wire (`placement.wire`); 0 with no bandwidth given, where the
+    link's `rtt_s` and `prefill_s` are all it costs."""
+    if bandwidth_bytes_per_s is None:
+        return 0.0
+    return tokens * hidden_size * bytes_per_element / bandwidth_bytes_per_s

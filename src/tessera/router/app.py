@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import pathlib
 import time
@@ -59,9 +60,13 @@ class RouterConfig:
     stage_clients: Mapping[str, StageClient] | None = None  # tests: in-process stand-ins
     plan_files: PlanFiles | None = None  # where plan, problem, endpoints came from: re-read
     reload_interval_s: float = 2.0  # how often `plan_files` are checked for a change
+    # server -> the wire dtype its link got from the placement (`placement.wire`); none: exact
+    wire_dtypes: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 def build_app(config: RouterConfig) -> FastAPI:
+    router_metrics = RouterMetrics(config.model_name)
+
     def make_client(name: str, url: str) -> StageClient:
         if config.stage_clients is not None and name in config.stage_clients:
             return config.stage_clients[name]
@@ -76,7 +81,14 @@ def build_app(config: RouterConfig) -> FastAPI:
                 timeout_s=config.step_timeout_s,
                 token=config.worker_token,
             )
-        return StageClient(name, url, timeout_s=config.step_timeout_s, token=config.worker_token)
+        return StageClient(
+            name,
+            url,
+            timeout_s=config.step_timeout_s,
+            token=config.worker_token,
+            wire_dtype=config.wire_dtypes.get(name),
+            on_bytes=router_metrics.observe_wire,
+        )
 
     clients = dict(config.stage_clients or {}) or {
         name: make_client(name, url) for name, url in config.endpoints.items()
@@ -104,7 +116,7 @@ def build_app(config: RouterConfig) -> FastAPI:
         model_name=config.model_name,
         tokenizer=config.tokenizer,
         chains=chains,
-        metrics=RouterMetrics(config.model_name),
+        metrics=router_metrics,
         max_input_tokens=w.max_input_tokens,
         max_output_tokens=w.max_output_tokens,
         max_wait_s=config.max_wait_s,

@@ -23,6 +23,7 @@ from typing import Any
 
 from tessera.api.stage import StepToken
 from tessera.errors import Busy, NotFound
+from tessera.placement.wire import boundary
 
 from .chains import Hop, LiveChains
 from .stage_client import StageFailed, StepSampling, Tensor
@@ -136,7 +137,15 @@ class ChainRun:
             work = len(new_tokens) * (hop.end_block - hop.start_block)
             self.work += work
             self.chains.count_work(work)
-            x = await self._hop(hop.server, sid, x, position, last, len(new_tokens), overrun)
+            # The output crosses this stage's link and the next one's: the smaller dtype
+            # (asked only for a compressed link: an exact one needs nothing extra).
+            wire_dtype = None
+            if not last:
+                after = self.chains.client(self.hops[i + 1].server).wire_dtype
+                wire_dtype = boundary(self.chains.client(hop.server).wire_dtype, after)
+            x = await self._hop(
+                hop.server, sid, x, position, last, len(new_tokens), overrun, wire_dtype
+            )
         if not isinstance(x, StepToken):
             raise StageFailed(self.hops[-1].server, "the last stage did not return a token")
         return x
@@ -150,6 +159,7 @@ class ChainRun:
         last: bool,
         tokens: int,
         overrun: Callable[[str], None] | None,
+        wire_dtype: str | None = None,
     ) -> Tensor | StepToken:
         client = self.chains.client(server)
         times = self.chains.times(server)
@@ -159,7 +169,8 @@ class ChainRun:
         if deadline_s is not None and overrun is not None:
             watchdog = _Watchdog(server, deadline_s, self.chains.straggler_policy.floor_s, overrun)
         try:
-            out = await client.step(sid, x, position, self.sampling if last else None)
+            extra = {"wire_dtype": wire_dtype} if wire_dtype else {}
+            out = await client.step(sid, x, position, self.sampling if last else None, **extra)
         except NotFound as exc:
             raise SessionLost(server, str(exc)) from exc
         finally:

@@ -46,6 +46,12 @@ class RouterMetrics:
         self.failovers = Counter(
             "tessera_failovers_total", "Chains rebuilt after a stage failed mid-request", registry=r
         )
+        self.wire_bytes = Counter(
+            "tessera_wire_bytes_total",
+            "Bytes of step messages between the router and a stage (direction: sent, received)",
+            ["server", "direction"],
+            registry=r,
+        )
         self.hop = Histogram(
             "tessera_stage_hop_seconds",
             "Round trip of one step to one stage, seen by the router",
@@ -81,3 +87,7 @@ class RouterMetrics:
     def hedged(self, reason: str, winner: str, extra_block_tokens: float) -> None:
         self.hedges.labels(reason, winner).inc()
         self.hedge_extra_work.labels(reason).inc(extra_block_tokens)
+
+    def observe_wire(self, server: str, sent: int, received: int) -> None:
+        self.wire_bytes.labels(server, "sent").inc(sent)
+        self.wire_bytes.labels(server, "received").inc(received)

@@ -10,12 +10,17 @@ Steps are coalesced: every session's step that reaches `step` in the same turn o
 loop goes to the worker in ONE `/v1/steps` message (and its answer carries all the results),
 so a wave of 32 sessions' decode steps costs one HTTP exchange per stage, not 32. The worker
 runs them as one batch anyway. Each caller still gets its own result or its own error.
+
+`wire_dtype` is the dtype the placement chose for this stage's link (`placement.wire`); a step
+may ask the stage to send its output hidden states in a smaller one. The bytes of every step
+message, each way, go to `on_bytes` (the router's `tessera_wire_bytes_total`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -76,9 +81,18 @@ class _Reply:
 
 class StageClient:
     def __init__(
-        self, server: str, base_url: str, *, timeout_s: float = 120.0, token: str | None = None
+        self,
+        server: str,
+        base_url: str,
+        *,
+        timeout_s: float = 120.0,
+        token: str | None = None,
+        wire_dtype: str | None = None,
+        on_bytes: Callable[[str, int, int], None] | None = None,
     ) -> None:
         self.server = server
+        self.wire_dtype = wire_dtype  # this link's wire dtype (None: the compute dtype)
+        self._on_bytes = on_bytes  # (server, bytes sent, bytes received) of each step message
         self.base_url = base_url.rstrip("/")
         self.token = token
         # The deployment token goes with every call (workers refuse calls without it).
@@ -156,9 +170,15 @@ class StageClient:
         return wire.SessionOpened.model_validate_json(response.content).slots
 
     async def step(
-        self, session_id: str, x: Tensor, position: int, sampling: StepSampling | None
+        self,
+        session_id: str,
+        x: Tensor,
+        position: int,
+        sampling: StepSampling | None,
+        wire_dtype: str | None = None,
     ) -> Tensor | wire.StepToken:
-        """One session's step; sent with the other steps of this turn in one message."""
+        """One session's step; sent with the other steps of this turn in one message. With
+        `wire_dtype`, output hidden states come in that dtype where it is smaller."""
         item = wire.StepIn(
             session_id=session_id,
             position=position,
@@ -169,6 +189,7 @@ class StageClient:
             top_p=sampling.top_p if sampling else None,
             seed=sampling.seed if sampling else None,
             top_logprobs=(sampling.top_logprobs or None) if sampling else None,
+            wire_dtype=wire_dtype,
         )
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Tensor | wire.StepToken] = loop.create_future()
@@ -213,6 +234,8 @@ class StageClient:
         response = await self._post(
             "/v1/steps", data=body, headers={"content-type": wire.TENSOR_MEDIA_TYPE}
         )
+        if self._on_bytes is not None:
+            self._on_bytes(self.server, len(body), len(response.content))
         self._raise_for(response)
         head, payload = wire.unpack(response.content)
         results = wire.StepResults.model_validate_json(head).results

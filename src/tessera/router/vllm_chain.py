@@ -178,8 +178,15 @@ class VllmStageClient(StageClient):
         self._sessions[session_id] = _Session(CALIBRATE_PROMPT + CALIBRATE_TOKENS + 1)
 
     async def step(
-        self, session_id: str, x: Tensor, position: int, sampling: StepSampling | None
+        self,
+        session_id: str,
+        x: Tensor,
+        position: int,
+        sampling: StepSampling | None,
+        wire_dtype: str | None = None,
     ) -> Tensor | wire.StepToken:
+        if wire_dtype is not None:  # a vLLM stage ends every chain: it sends tokens, no hidden
+            raise StageFailed(self.server, "a vLLM stage has no hidden states to compress")
         s = self._sessions.get(session_id)
         if s is None:
             raise NotFound(f"stage {self.server}: no session {session_id}")

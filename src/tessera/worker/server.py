@@ -38,6 +38,7 @@ from .auth import TokenAuth
 from .batch import INVARIANT_MIN_ROWS, PAGE_TOKENS
 from .blocks import StageModel
 from .calibrate import Calibration, calibrate
+from .emulated_link import EmulatedLink
 from .sampling import Sampling
 from .scheduler import BatchStats, FutureResolver, PositionAhead, Result, Scheduler, Step
 from .sessions import SessionTable
@@ -57,6 +58,7 @@ class WorkerSettings:
     max_length: int
     speed_factor: float = 1.0
     delay_s: float = 0.0
+    bandwidth_bytes_per_s: float | None = None  # emulate a slow link (tests, benchmarks)
     idle_timeout_s: float = 120.0
     max_batch_tokens: int = 256  # tokens in one batched forward (decodes plus prefill chunks)
     page_tokens: int = PAGE_TOKENS
@@ -256,8 +258,11 @@ class Worker:
         )
 
 
-def _step_out(session_id: str, future: asyncio.Future[Result]) -> tuple[wire.StepOut, bytes]:
-    """One step's entry in a /v1/steps answer, and its tensor bytes (none for a token)."""
+def _step_out(
+    session_id: str, future: asyncio.Future[Result], wire_dtype: str | None = None
+) -> tuple[wire.StepOut, bytes]:
+    """One step's entry in a /v1/steps answer, and its tensor bytes (none for a token), hidden
+    states in `wire_dtype` where that is smaller (see `tensors.encode_tensor`)."""
     exc = future.exception()
     if exc is not None:
         if not isinstance(exc, TesseraError):
@@ -275,7 +280,7 @@ def _step_out(session_id: str, future: asyncio.Future[Result]) -> tuple[wire.Ste
         return wire.StepOut(
             session_id=session_id, status=200, token=result, compute_s=compute_s
         ), b""
-    data, headers = encode_tensor(result)
+    data, headers = encode_tensor(result, wire_dtype)
     out = wire.StepOut(
         session_id=session_id,
         status=200,
@@ -329,6 +334,9 @@ def build_app(worker: Worker, token: str | None = None) -> FastAPI:
     app = FastAPI(title="tessera stage", lifespan=lifespan)
     if token is not None:
         app.add_middleware(TokenAuth, token=token)
+
+    bandwidth = worker.settings.bandwidth_bytes_per_s
+    link = EmulatedLink(bandwidth) if bandwidth else None
 
     async def delayed(response: Response) -> Response:
         if worker.settings.delay_s > 0:  # emulated network delay between router and this node
@@ -391,7 +399,10 @@ def build_app(worker: Worker, token: str | None = None) -> FastAPI:
         """Several sessions' steps in one message; each gets its own result (see the protocol)."""
         try:
             worker.ready()
-            head, payload = wire.unpack(await request.body())
+            raw = await request.body()
+            if link is not None:
+                await link.carry("in", len(raw))
+            head, payload = wire.unpack(raw)
             batch = wire.StepBatch.model_validate_json(head)
             parts = wire.split_payload(payload, [s.nbytes for s in batch.steps])
         except ValueError as exc:  # broken framing (pydantic's ValidationError is a ValueError)
@@ -417,8 +428,13 @@ def build_app(worker: Worker, token: str | None = None) -> FastAPI:
             entries.append((item.session_id, x, item.position, sampling))
         futures = worker.submit_many(entries)
         await asyncio.wait(futures)
-        done = [_step_out(i.session_id, f) for i, f in zip(batch.steps, futures, strict=True)]
+        done = [
+            _step_out(i.session_id, f, i.wire_dtype)
+            for i, f in zip(batch.steps, futures, strict=True)
+        ]
         body = wire.pack(wire.StepResults(results=[r for r, _ in done]), [d for _, d in done])
+        if link is not None:
+            await link.carry("out", len(body))
         return await delayed(Response(content=body, media_type=wire.TENSOR_MEDIA_TYPE))
 
     @app.post("/v1/sessions/{session_id}/close")

@@ -1,4 +1,8 @@
-"""Tensors on the wire: raw little-endian bytes, dtype and shape in headers (never JSON floats)."""
+"""Tensors on the wire: raw little-endian bytes, dtype and shape in headers (never JSON floats).
+
+Hidden states may travel in a smaller dtype than the stage computes in (`encode_tensor`'s
+`wire_dtype`, see the stage protocol); the shape header is always the logical `1,T,H`.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,8 @@ import torch
 
 from tessera.api import stage as wire
 from tessera.errors import InvalidInput
+
+from . import wire_codec
 
 _DTYPES = {
     "int64": torch.int64,
@@ -17,13 +23,26 @@ _NAMES = {v: k for k, v in _DTYPES.items()}
 MAX_TOKENS_PER_STEP = 1 << 16
 
 
-def encode_tensor(t: torch.Tensor) -> tuple[bytes, dict[str, str]]:
+def encode_tensor(t: torch.Tensor, wire_dtype: str | None = None) -> tuple[bytes, dict[str, str]]:
+    """The bytes and headers of `t`; with `wire_dtype`, in that dtype where it is smaller than
+    `t`'s and holds the values (float16's range is +-65,504), else in `t`'s own dtype."""
     t = t.detach().cpu().contiguous()  # from the GPU, where there is one: the wire is bytes
+    shape = ",".join(str(d) for d in t.shape)
+    if wire_dtype == wire.WIRE_INT8_OUTLIER and t.dim() == 3 and t.is_floating_point():
+        packed = wire_codec.encode(t)
+        if packed is not None and len(packed) < t.numel() * t.itemsize:
+            return packed, {wire.HEADER_DTYPE: wire.WIRE_INT8_OUTLIER, wire.HEADER_SHAPE: shape}
+    elif wire_dtype in _DTYPES and wire_dtype != "int64" and t.is_floating_point():
+        narrow = _DTYPES[wire_dtype]
+        if narrow.itemsize < t.itemsize and _fits(t, narrow):
+            t = t.to(narrow)
     data = t.view(torch.uint8).numpy().tobytes()  # bf16 has no numpy dtype: ship the bytes
-    return data, {
-        wire.HEADER_DTYPE: _NAMES[t.dtype],
-        wire.HEADER_SHAPE: ",".join(str(d) for d in t.shape),
-    }
+    return data, {wire.HEADER_DTYPE: _NAMES[t.dtype], wire.HEADER_SHAPE: shape}
+
+
+def _fits(t: torch.Tensor, dtype: torch.dtype) -> bool:
+    """Every value of `t` is within `dtype`'s finite range (no overflow to infinity)."""
+    return not t.numel() or float(t.abs().max()) <= torch.finfo(dtype).max
 
 
 def decode_many(
@@ -68,8 +87,10 @@ def _check_values(x: torch.Tensor, tokens: bool, vocab_size: int) -> None:
 
 
 def _view(body: bytes, dtype: str, shape: str, *, tokens: bool, hidden_size: int) -> torch.Tensor:
-    if dtype not in _DTYPES:
-        raise InvalidInput(wire.HEADER_DTYPE, f"{dtype!r} is not one of {', '.join(_DTYPES)}")
+    if dtype not in wire.WIRE_DTYPES:
+        raise InvalidInput(
+            wire.HEADER_DTYPE, f"{dtype!r} is not one of {', '.join(wire.WIRE_DTYPES)}"
+        )
     try:
         dims = tuple(int(d) for d in shape.split(","))
     except ValueError:
@@ -85,8 +106,12 @@ def _view(body: bytes, dtype: str, shape: str, *, tokens: bool, hidden_size: int
         )
     if dims[0] != 1 or not 0 < dims[1] <= MAX_TOKENS_PER_STEP:
         raise InvalidInput(wire.HEADER_SHAPE, f"batch must be 1 and T in 1..{MAX_TOKENS_PER_STEP}")
-    dt = _DTYPES[dtype]
-    expected = torch.Size(dims).numel() * dt.itemsize
+    if dtype == wire.WIRE_INT8_OUTLIER:
+        expected = wire_codec.nbytes(dims[1], dims[2])
+    else:
+        expected = torch.Size(dims).numel() * _DTYPES[dtype].itemsize
     if len(body) != expected:
         raise InvalidInput("body", f"{len(body)} bytes, but {dtype} of shape {shape} is {expected}")
-    return torch.frombuffer(bytearray(body), dtype=dt).view(dims)
+    if dtype == wire.WIRE_INT8_OUTLIER:
+        return wire_codec.decode(body, dims[1], dims[2])
+    return torch.frombuffer(bytearray(body), dtype=_DTYPES[dtype]).view(dims)
