@@ -27,6 +27,8 @@ MODEL = "smollm2-135m-instruct"
 
 
 class FakeStage:
+    probe_off_loop = True  # as StageClient: state() is a plain read
+
     def __init__(
         self,
         name: str,

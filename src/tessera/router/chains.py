@@ -137,7 +137,7 @@ class LiveChains:
         return tuple(
             ProbeTarget(n, s.client.base_url, s.client.token)
             for n, s in self.servers.items()
-            if s.client is not None
+            if s.client is not None and s.client.probe_off_loop
         )
 
     def _find(self, server: str) -> _Server | None:
@@ -220,9 +220,17 @@ class LiveChains:
             await self.poll_once()
 
     async def housekeep_forever(self, interval_s: float = 1.0) -> None:
-        """Close the clients of retired servers (the probe thread does the probing)."""
+        """Close the clients of retired servers, and poll here the stages whose clients the
+        probe thread cannot stand in for (`StageClient.probe_off_loop`)."""
         while True:
             await asyncio.sleep(interval_s)
+            own = [
+                (n, s) for n, s in self.servers.items() if s.client and not s.client.probe_off_loop
+            ]
+            if own:
+                await asyncio.gather(*(self._poll(n, s) for n, s in own))
+                self._use_measured_speeds()
+                self.notify()
             await self._close_idle_retired()
 
     def mark_down(self, server: str, why: str = "a step failed") -> None:

@@ -80,6 +80,11 @@ class _Reply:
 
 
 class StageClient:
+    # Its `state()` is a plain GET that any client of the same URL can make, so the probe
+    # thread (probe.py) may use a client of its own. A client whose state is its own (vLLM's
+    # sessions and calibration) says False and is polled on the router's loop.
+    probe_off_loop = True
+
     def __init__(
         self,
         server: str,

@@ -140,6 +140,8 @@ def load_to_state(
 class VllmStageClient(StageClient):
     """The stage client of a vLLM OpenAI server that serves the whole model as `model_name`."""
 
+    probe_off_loop = False  # its state counts its own sessions and calibration
+
     def __init__(
         self,
         server: str,
