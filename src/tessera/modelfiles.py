@@ -105,6 +105,7 @@ class ModelSizes:
     cache_bytes_per_token: int  # KV cache of one block for one token
     embed_bytes: int  # the token embedding (and, untied, the same again for the LM head)
     tied_embeddings: bool
+    final_norm_bytes: int = 0  # held with the LM head; sizes() fills it in
 
 
 def sizes(config: dict[str, Any], dtype: str = "float32") -> ModelSizes:
@@ -129,4 +130,5 @@ def sizes(config: dict[str, Any], dtype: str = "float32") -> ModelSizes:
         cache_bytes_per_token=2 * kv * b,
         embed_bytes=int(config["vocab_size"]) * h * b,
         tied_embeddings=bool(config.get("tie_word_embeddings", False)),
+        final_norm_bytes=h * b,
     )

@@ -88,7 +88,7 @@ def test_stage_pod_is_pinned_secured_and_runs_the_worker_contract() -> None:
     assert c["command"] == ["tessera"]
     assert c["args"] == [
         "worker", "--model", "/models/llama", "--blocks", "10:45",
-        "--memory-bytes", str(inv.problem.servers[1].memory_bytes), "--name", "n1-g1",
+        "--memory-bytes", str(inv.servers[1].memory_bytes), "--name", "n1-g1",
         "--host", "0.0.0.0", "--port", "8001", "--max-length", "2560", "--dtype", "bfloat16",
         "--max-batch-tokens", "256",
         "--token-file", "/var/run/secrets/tessera/worker-token/token",
@@ -119,7 +119,7 @@ def test_stages_batching_settings_reach_the_worker() -> None:
     inv = inventory.build(s, [node("n1", gpus=2)])
     plan = solve(inv.problem, "cg-bprr")
     p = plan.placement[0]
-    args = manifests.worker_args(s, inv.servers[0], p.start, p.end, inv.problem)
+    args = manifests.worker_args(s, inv.servers[0], p.start, p.end)
     assert args[args.index("--max-batch-tokens") + 1] == "512"
     assert args[args.index("--batch-invariant") + 1 : args.index("--batch-invariant") + 3] == [
         "--threads",

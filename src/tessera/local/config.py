@@ -36,6 +36,7 @@ from tessera.placement import (
     validate,
 )
 from tessera.placement.evaluate import evaluate_placement
+from tessera.placement.memory import EndWeights, block_memory_bytes
 from tessera.placement.perf import chain_hops, predicted_for
 from tessera.placement.replicas import full_replicas, replica_sessions
 from tessera.placement.wire import LinkWire, choose_wires
@@ -231,9 +232,9 @@ def pinned_plan(cfg: LocalConfig, problem: Problem) -> Plan | None:
 
 
 def build_problem(cfg: LocalConfig, sizes: ModelSizes) -> Problem:
-    """The placement problem of the virtual pool. Memory left for blocks excludes room for the
-    embedding / LM head, which the first and last stages hold besides their blocks."""
-    reserve = sizes.embed_bytes
+    """The placement problem of the virtual pool. Each node's `memory_bytes` (what its worker
+    gets as `--memory-bytes`) less room for the embedding / LM head (`block_memory_bytes`)."""
+    ends = EndWeights(sizes.embed_bytes, sizes.final_norm_bytes, sizes.tied_embeddings)
     servers = []
     links = []
     for node in cfg.nodes:
@@ -241,7 +242,9 @@ def build_problem(cfg: LocalConfig, sizes: ModelSizes) -> Problem:
         servers.append(
             Server(
                 name=node.name,
-                memory_bytes=max(node.memory_bytes - reserve, 1),
+                memory_bytes=block_memory_bytes(
+                    node.memory_bytes, ends, sizes.num_blocks, sizes.block_bytes
+                ),
                 decode_s_per_block=tau,
                 prefill_s_per_block=PrefillCost(
                     per_token_s=tau * PREFILL_PER_TOKEN, fixed_s=tau * PREFILL_FIXED

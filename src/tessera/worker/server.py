@@ -65,6 +65,18 @@ class WorkerSettings:
     batch_invariant: bool = False  # pad forwards to INVARIANT_MIN_ROWS (see `batch`)
 
 
+def kv_pages(memory_bytes: int, weight_bytes: int, page_bytes: int) -> int:
+    """KV pages (of one block) that `--memory-bytes` holds beside the stage's weights (every
+    tensor it loaded, the embedding and LM head included). InvalidInput if not even those fit."""
+    room = memory_bytes - weight_bytes
+    if room < 0:
+        raise InvalidInput(
+            "--memory-bytes",
+            f"{memory_bytes} bytes do not even hold the weights ({weight_bytes} bytes)",
+        )
+    return room // page_bytes
+
+
 class Worker:
     """State shared by the routes: the stage, its sessions, the compute thread and metrics."""
 
@@ -115,20 +127,17 @@ class Worker:
     def load(self) -> None:
         try:
             stage: StageModel = self._loader()
-            slot_bytes = stage.cache_bytes_per_token * self.settings.page_tokens
-            room = self.settings.memory_bytes - stage.weight_bytes
-            if room < 0:
-                raise InvalidInput(
-                    "--memory-bytes",
-                    f"{self.settings.memory_bytes} bytes do not even hold the weights "
-                    f"({stage.weight_bytes} bytes)",
-                )
+            pages = kv_pages(
+                self.settings.memory_bytes,
+                stage.weight_bytes,
+                stage.cache_bytes_per_token * self.settings.page_tokens,
+            )
             self.calibration = calibrate(stage, self.settings.speed_factor)
             self.sessions = SessionTable(
                 start_block=stage.start,
                 end_block=stage.end,
                 max_length=self.settings.max_length,
-                total_slots=room // slot_bytes,
+                total_slots=pages,
                 decode_s_per_block=lambda: self.calibration.decode_s_per_block,
                 page_tokens=self.settings.page_tokens,
             )
