@@ -36,11 +36,12 @@ lint: $(STAMP)
 # not typed enough yet (its batching loop, KV pages and sessions are checked).
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict src/tessera/placement src/tessera/api src/tessera/router \
-		src/tessera/operator src/tessera/sim src/tessera/local src/tessera/cli src/tessera/errors.py \
+		src/tessera/operator src/tessera/sim src/tessera/local src/tessera/cli src/tessera/errors.py src/tessera/units.py \
 		src/tessera/worker/scheduler.py src/tessera/worker/batch.py src/tessera/worker/sessions.py
 
+# The vLLM tests start vLLM's CPU build (minutes): `make test-vllm` runs them.
 test: $(STAMP) lint typecheck
-	$(BIN)/pytest -q tests
+	$(BIN)/pytest -q -m "not vllm" tests
 
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit
@@ -64,7 +65,7 @@ run-vllm: vllm-venv
 	$(BIN)/tessera up examples/local-vllm.yaml
 
 # The vLLM integration tests (one vLLM server for the module, about 2-4 minutes to start).
-# Plain `make test` runs them too when .venv-vllm exists, and skips them otherwise.
+# Plain `make test` leaves them out, to stay within its 15 minutes; CI has no .venv-vllm.
 test-vllm: vllm-venv
 	$(BIN)/pytest -q -m vllm tests/integration
 

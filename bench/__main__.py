@@ -13,8 +13,9 @@ import time
 
 import bench
 
-# Run only when named: peer_vllm builds a 3.4 GB vLLM venv (`make bench-peer`).
-OPT_IN = {"peer_vllm"}
+# Run only on their own: each builds the 3.4 GB vLLM venv first and takes its own options
+# (`make bench-peer`, `make bench-vllm`); gpu needs a CUDA GPU (`python -m bench gpu` there).
+OPT_IN = {"peer_vllm", "vllm_engine", "gpu"}
 
 
 def main(names: list[str]) -> None:
