@@ -538,7 +538,7 @@ class Kubelet:
     def _env(
         self, pod: Pod, c: Mapping[str, Any], mounts: Mapping[str, pathlib.Path]
     ) -> dict[str, str]:
-        env = {**self.image_env, "HOSTNAME": pod.name}
+        env: dict[str, str] = {}
         for src in c.get("envFrom") or []:
             prefix = src.get("prefix", "")
             if "secretRef" in src:
@@ -557,7 +557,11 @@ class Kubelet:
             else:
                 value = ""
             env[var["name"]] = value
-        return {k: self._rewrite(v, pod, mounts) for k, v in env.items()}
+        # Only the manifest's values name paths inside the pod: the image's own (PATH to this
+        # venv) must not be rewritten, even when the checkout sits under a mount path such as
+        # /tmp (a CI clone in /tmp/ci lost `tessera` from PATH that way).
+        container = {k: self._rewrite(v, pod, mounts) for k, v in env.items()}
+        return {**self.image_env, "HOSTNAME": pod.name, **container}
 
     def _value_from(self, pod: Pod, src: Mapping[str, Any]) -> str | None:
         for key, kind in (("secretKeyRef", "secret"), ("configMapKeyRef", "configmap")):
