@@ -25,10 +25,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
 
+from tessera.api.launch import RouterLaunch, WorkerLaunch
 from tessera.api.vllm import API_KEY_ENV, endpoint
 from tessera.errors import Infeasible
 from tessera.modelfiles import read_config, sizes
-from tessera.placement import Plan, Problem, plan_to_dict, problem_to_dict, solve
+from tessera.placement import Plan, Problem, solve
+from tessera.placement.planset import PlanFiles, PlanSet
 from tessera.placement.replicas import split_concurrency
 from tessera.placement.wire import LinkWire
 
@@ -171,9 +173,8 @@ class Launcher:
 
     def write_files(self, problem: Problem, plan: Plan, endpoints: dict[str, str]) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "problem.json").write_text(json.dumps(problem_to_dict(problem), indent=2))
-        (self.run_dir / "plan.json").write_text(json.dumps(plan_to_dict(plan), indent=2))
-        (self.run_dir / "endpoints.json").write_text(json.dumps(endpoints, indent=2))
+        for name, text in PlanSet(problem, plan, endpoints).texts(compact=False).items():
+            (self.run_dir / name).write_text(text)
         # A fresh deployment token per run: the workers refuse calls without it.
         fd = os.open(self.token_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
@@ -195,25 +196,25 @@ class Launcher:
                 self.children.append(Child(p.server, argv, log_path, f"{url}/health", env=env))
                 endpoints[p.server] = endpoint(url)
                 continue
-            argv = py + [
-                "worker",
-                f"--model={self.model_dir}",
-                f"--blocks={p.start}:{p.end}",
-                f"--memory-bytes={node.memory_bytes}",
-                f"--name={p.server}",
-                "--host=127.0.0.1",
-                f"--port={wport}",
-                f"--max-length={w.max_input_tokens + w.max_output_tokens}",
-                f"--dtype={self.cfg.model.dtype}",
-                f"--threads={self.cfg.threads_per_worker}",
-                f"--max-batch-tokens={self.cfg.max_batch_tokens}",
-                *(["--batch-invariant"] if self.cfg.batch_invariant else []),
-                f"--speed-factor={node.speed_factor}",
-                f"--delay-s={node.delay_s}",
-                *([f"--bandwidth-mbit-s={node.bandwidth_mbit_s}"] if node.bandwidth_mbit_s else []),
-                f"--token-file={self.token_path}",
-                "--log-level=warning",
-            ]
+            launch = WorkerLaunch(
+                model=str(self.model_dir),
+                blocks=(p.start, p.end),
+                memory_bytes=node.memory_bytes,
+                name=p.server,
+                host="127.0.0.1",
+                port=wport,
+                max_length=w.max_input_tokens + w.max_output_tokens,
+                dtype=self.cfg.model.dtype,
+                max_batch_tokens=self.cfg.max_batch_tokens,
+                batch_invariant=self.cfg.batch_invariant,
+                threads=self.cfg.threads_per_worker,
+                speed_factor=node.speed_factor,
+                delay_s=node.delay_s,
+                bandwidth_mbit_s=node.bandwidth_mbit_s,
+                token_file=str(self.token_path),
+                log_level="warning",
+            )
+            argv = py + launch.argv(joined=True)
             self.children.append(
                 Child(p.server, argv, self.run_dir / f"{p.server}.log", f"{url}/readyz")
             )
@@ -222,31 +223,30 @@ class Launcher:
         for child in self.children:
             if child.env is not None:  # vLLM requires the deployment token on its /v1 routes
                 child.env[API_KEY_ENV] = token
-        router_argv = py + [
-            "router",
-            f"--plan={self.run_dir / 'plan.json'}",
-            f"--problem={self.run_dir / 'problem.json'}",
-            f"--endpoints={self.run_dir / 'endpoints.json'}",
-            f"--model-name={self.cfg.model.name}",
-            f"--tokenizer={self.model_dir}",
-            f"--host={self.cfg.router.host}",
-            f"--port={self.port}",
-            f"--client={ROUTER_CLIENT}",
-            f"--max-wait-s={self.cfg.router.max_wait_s}",
-            f"--max-queue={self.cfg.router.max_queue}",
-            f"--down-s={self.cfg.router.down_s}",
-            f"--failover-timeout-s={self.cfg.router.failover_timeout_s}",
-            f"--step-timeout-s={self.cfg.router.step_timeout_s}",
-            f"--straggler-floor-s={self.cfg.router.straggler_floor_s}",
-            f"--straggler-multiple={self.cfg.router.straggler_multiple}",
-            f"--hedge-budget={self.cfg.router.hedge_budget}",
-            f"--worker-token-file={self.token_path}",
-            "--log-level=warning",
-        ]
-        if self.cfg.router.api_keys_file:
-            router_argv.append(f"--api-keys-file={self.cfg.router.api_keys_file}")
-        if self.wire_dtypes:
-            router_argv.append(f"--wire-dtypes={json.dumps(self.wire_dtypes)}")
+        files = PlanFiles.in_dir(self.run_dir)
+        router = RouterLaunch(
+            plan=str(files.plan),
+            problem=str(files.problem),
+            endpoints=str(files.endpoints),
+            model_name=self.cfg.model.name,
+            tokenizer=str(self.model_dir),
+            host=self.cfg.router.host,
+            port=self.port,
+            client=ROUTER_CLIENT,
+            max_wait_s=self.cfg.router.max_wait_s,
+            max_queue=self.cfg.router.max_queue,
+            down_s=self.cfg.router.down_s,
+            failover_timeout_s=self.cfg.router.failover_timeout_s,
+            step_timeout_s=self.cfg.router.step_timeout_s,
+            straggler_floor_s=self.cfg.router.straggler_floor_s,
+            straggler_multiple=self.cfg.router.straggler_multiple,
+            hedge_budget=self.cfg.router.hedge_budget,
+            worker_token_file=str(self.token_path),
+            log_level="warning",
+            api_keys_file=self.cfg.router.api_keys_file,
+            wire_dtypes=tuple(self.wire_dtypes.items()),
+        )
+        router_argv = py + router.argv(joined=True)
         self.children.append(
             Child(
                 "router",

@@ -2,8 +2,8 @@
 
 Every object carries an owner reference to its LLMDeployment (deletion is Kubernetes' garbage
 collection, no finalizer) and the labels `app.kubernetes.io/*` and `tessera.dev/deployment`.
-Each builder is one small function. The command lines are the contract with `tessera worker`
-and `tessera router`. Every pod runs non-root with a read-only root filesystem, no privilege
+Each builder is one small function. The command lines are `tessera.api.launch` values, the
+plan ConfigMap a `tessera.placement.planset` set. Every pod runs non-root with a read-only root filesystem, no privilege
 escalation, no capabilities and the RuntimeDefault seccomp profile; its writable paths (/tmp,
 the model conversion cache) are emptyDir volumes. Secrets are mounted as volumes (not env, not
 subPath) so that the router sees a rotated API key file without a restart.
@@ -14,13 +14,16 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import pathlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from tessera.api.crd import GROUP, KIND, VERSION, IngressPeer, LLMDeploymentSpec
-from tessera.placement import Plan, Problem, plan_to_dict, problem_to_dict
+from tessera.api.launch import RouterLaunch, WorkerLaunch
+from tessera.placement import Plan, Problem
+from tessera.placement.planset import PlanFiles, PlanSet
 
 from .inventory import ServerInfo
 
@@ -219,22 +222,26 @@ def _probe(path: str, port: int, period_s: int, failures: int) -> dict[str, Any]
     }
 
 
-def worker_args(spec: LLMDeploymentSpec, info: ServerInfo, start: int, end: int) -> list[str]:
+def worker_launch(spec: LLMDeploymentSpec, info: ServerInfo, start: int, end: int) -> WorkerLaunch:
     w = spec.workload
-    return [
-        "worker",
-        "--model", model_path(spec),
-        "--blocks", f"{start}:{end}",
-        "--memory-bytes", str(info.memory_bytes),  # the whole GPU's: the stage counts its ends
-        "--name", info.name,
-        "--host", "0.0.0.0",
-        "--port", str(WORKER_PORT),
-        "--max-length", str(w.max_input_tokens + w.max_output_tokens),
-        "--dtype", spec.model.dtype,
-        "--max-batch-tokens", str(spec.stages.max_batch_tokens),
-        *(["--batch-invariant", "--threads", "1"] if spec.stages.batch_invariant else []),
-        "--token-file", TOKEN_FILE,
-    ]  # fmt: skip
+    return WorkerLaunch(
+        model=model_path(spec),
+        blocks=(start, end),
+        memory_bytes=info.memory_bytes,  # the whole GPU's: the stage counts its ends
+        name=info.name,
+        host="0.0.0.0",  # a pod: its own network namespace
+        port=WORKER_PORT,
+        max_length=w.max_input_tokens + w.max_output_tokens,
+        dtype=spec.model.dtype,
+        max_batch_tokens=spec.stages.max_batch_tokens,
+        batch_invariant=spec.stages.batch_invariant,
+        threads=1 if spec.stages.batch_invariant else 0,  # 0: torch's choice
+        token_file=TOKEN_FILE,
+    )
+
+
+def worker_args(spec: LLMDeploymentSpec, info: ServerInfo, start: int, end: int) -> list[str]:
+    return worker_launch(spec, info, start, end).argv()
 
 
 def stage_deployment(
@@ -339,28 +346,18 @@ def endpoints_map(owner: Owner, plan: Plan) -> dict[str, str]:
     }
 
 
-def _compact(doc: Any) -> str:
-    """One line, no spaces (a quarter of the indented size; `jq` reads it back for humans)."""
-    return json.dumps(doc, separators=(",", ":"), sort_keys=True)
-
-
 def plan_configmap(
     owner: Owner, problem: Problem, plan: Plan, endpoints: Mapping[str, str] | None = None
 ) -> dict[str, Any]:
-    """The router's three plan files (placement-contract.md), for the routed servers only.
+    """The router's plan set (`placement.planset`), for the routed servers only.
     `endpoints`: the stages' URLs when some differ from `endpoints_map` (vLLM stages)."""
     urls = dict(endpoints) if endpoints is not None else endpoints_map(owner, plan)
-    data = {
-        "plan.json": _compact(plan_to_dict(plan)),
-        "problem.json": _compact(problem_to_dict(problem)),
-        "endpoints.json": _compact(urls),
-    }
     return with_hash(
         {
             "apiVersion": "v1",
             "kind": "ConfigMap",
             "metadata": _metadata(owner, plan_name(owner), "plan"),
-            "data": data,
+            "data": PlanSet(problem, plan, urls).texts(compact=True),
         }
     )
 
@@ -374,26 +371,26 @@ def router_deployment(
 ) -> dict[str, Any]:
     name = router_name(owner)
     res = spec.router.resources
-    args = [
-        "router",
-        "--plan", f"{PLAN_MOUNT}/plan.json",
-        "--problem", f"{PLAN_MOUNT}/problem.json",
-        "--endpoints", f"{PLAN_MOUNT}/endpoints.json",
-        "--model-name", spec.model.name,
-        "--tokenizer", model_path(spec),
-        "--host", "0.0.0.0",
-        "--port", str(ROUTER_PORT),
-        "--worker-token-file", TOKEN_FILE,
-    ]  # fmt: skip
+    files = PlanFiles.in_dir(pathlib.Path(PLAN_MOUNT))
+    key_secret = spec.router.api_key_secret
+    launch = RouterLaunch(
+        plan=str(files.plan),
+        problem=str(files.problem),
+        endpoints=str(files.endpoints),
+        model_name=spec.model.name,
+        tokenizer=model_path(spec),
+        host="0.0.0.0",  # a pod: its own network namespace
+        port=ROUTER_PORT,
+        worker_token_file=TOKEN_FILE,
+        # Not optional: without its keys the router does not start (it never runs open by mistake).
+        api_keys_file=API_KEYS_FILE if key_secret is not None else None,
+    )
     mounts = [*_mounts(spec), {"name": "plan", "mountPath": PLAN_MOUNT, "readOnly": True}]
     volumes = [
         *_volumes(owner, spec, images.pull_policy),
         {"name": "plan", "configMap": {"name": plan_name(owner)}},
     ]
-    key_secret = spec.router.api_key_secret
     if key_secret is not None:
-        # Not optional: without its keys the router does not start (it never runs open by mistake).
-        args += ["--api-keys-file", API_KEYS_FILE]
         mounts.append({"name": "api-keys", "mountPath": API_KEYS_MOUNT, "readOnly": True})
         items = [{"key": spec.router.api_key_secret_key, "path": "keys"}]
         volumes.append(
@@ -442,7 +439,7 @@ def router_deployment(
                                 "image": images.router,
                                 "imagePullPolicy": images.pull_policy,
                                 "command": ["tessera"],
-                                "args": args,
+                                "args": launch.argv(),
                                 "ports": [
                                     {
                                         "name": "http",

@@ -1,4 +1,4 @@
-"""Plan reload: re-read the plan, problem and endpoints files when they change, without a restart.
+"""Plan reload: re-read the plan set (`placement.planset`) when it changes, without a restart.
 
 Kubernetes updates a ConfigMap volume by swapping its `..data` symlink, so the files are watched
 by polling: the (inode, mtime, size) of each resolved file, and on a change their content. The
@@ -15,35 +15,19 @@ import logging
 import os
 import pathlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import yaml
 
 from tessera.errors import InvalidInput, TesseraError
-from tessera.placement import Plan, Problem, plan_from_dict, problem_from_dict, validate
+from tessera.placement.planset import PlanFiles, PlanSet, parse_plan_set
 
 from .chains import LiveChains
 from .stage_client import StageClient
 
+__all__ = ["PlanFiles", "PlanReloader", "PlanSet", "load_mapping", "read_plan_set"]
+
 log = logging.getLogger("tessera.router")
-
-
-@dataclass(frozen=True)
-class PlanFiles:
-    plan: pathlib.Path
-    problem: pathlib.Path
-    endpoints: pathlib.Path
-
-    def paths(self) -> tuple[pathlib.Path, ...]:
-        return (self.plan, self.problem, self.endpoints)
-
-
-@dataclass(frozen=True)
-class PlanSet:
-    problem: Problem
-    plan: Plan
-    endpoints: Mapping[str, str]  # server name -> base URL
 
 
 def load_mapping(path: pathlib.Path) -> Any:
@@ -58,26 +42,8 @@ def load_mapping(path: pathlib.Path) -> Any:
         raise InvalidInput(str(path), f"not valid JSON or YAML: {exc}") from None
 
 
-def parse_plan_set(problem_doc: Any, plan_doc: Any, endpoints_doc: Any) -> PlanSet:
-    """The three documents checked together; InvalidInput names the flag of the bad one."""
-    problem = problem_from_dict(problem_doc)
-    plan = plan_from_dict(plan_doc)
-    if not plan.feasible:
-        raise InvalidInput("--plan", f"the plan is infeasible: {plan.reason}")
-    errors = validate(problem, plan)
-    if errors:
-        raise InvalidInput("--plan", f"does not fit the problem: {'; '.join(errors)}")
-    if not isinstance(endpoints_doc, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in endpoints_doc.items()
-    ):
-        raise InvalidInput("--endpoints", "must map server names to base URLs")
-    unknown = set(endpoints_doc) - {p.server for p in plan.placement}
-    if unknown:
-        raise InvalidInput("--endpoints", f"servers not in the plan: {sorted(unknown)}")
-    return PlanSet(problem, plan, dict(endpoints_doc))
-
-
 def read_plan_set(files: PlanFiles) -> PlanSet:
+    """The plan set from its files (the router's start and every reload)."""
     return parse_plan_set(
         load_mapping(files.problem), load_mapping(files.plan), load_mapping(files.endpoints)
     )

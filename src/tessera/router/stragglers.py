@@ -25,6 +25,8 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
+from tessera.api.launch import RouterLaunch
+
 WINDOW = 64  # recent hops per stage and kind
 MIN_SAMPLES = 8  # fewer: no adaptive deadline yet (the fixed step timeout applies)
 QUANTILE = 0.9
@@ -39,9 +41,12 @@ HORIZON_BLOCK_TOKENS = 100_000.0
 
 @dataclass(frozen=True)
 class StragglerPolicy:
-    floor_s: float = 0.5  # no hop deadline below this (a batched prefill chunk stays inside)
-    multiple: float = 4.0  # times the p90 of the stage's recent hops
-    hedge_budget: float = 0.1  # hedge work that lost, as a share of all other stage work
+    # Defaults: `tessera router`'s (tessera.api.launch). floor_s: no hop deadline below this (a
+    # batched prefill chunk stays inside); multiple: times the p90 of the stage's recent hops;
+    # hedge_budget: hedge work that lost, as a share of all other stage work.
+    floor_s: float = RouterLaunch.straggler_floor_s
+    multiple: float = RouterLaunch.straggler_multiple
+    hedge_budget: float = RouterLaunch.hedge_budget
     hedge_first_token: bool = True  # hedge first tokens at all (when spread and budget allow)
 
 
