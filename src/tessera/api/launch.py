@@ -9,8 +9,8 @@ Rendering: a field without a default here is always spelled out (what a launcher
 itself: what to serve, where to listen, settings that must agree with its plan); a field with
 a default only when it differs from it; None and False never. `argv()` gives `--flag value`
 (Kubernetes args), `argv(joined=True)` `--flag=value` (one word per flag: `tessera up`'s
-children are found by `--port=N`). Own code, not argparse-dataclass or tyro: those parse a
-dataclass but do not render one back, and this is what needs to be identical on both sides.
+children are found by `--port=N`). Own code, not argparse-dataclass or tyro: those parse flags
+into a dataclass but do not render one back into argv, which is the half both launchers need.
 """
 
 from __future__ import annotations
@@ -86,6 +86,10 @@ def _default(f: Field[Any]) -> Any:
     return MISSING
 
 
+def _option(f: Field[Any]) -> str:
+    return "--" + f.name.replace("_", "-")
+
+
 def _scalar(annotation: Any) -> Any:
     """int, float or str from `T` or `T | None`; None for other types (read by `from_text`)."""
     if isinstance(annotation, types.UnionType):
@@ -104,7 +108,7 @@ class _Launch:
             value = getattr(self, f.name)
             if value is None or value is False or value == _default(f):
                 continue
-            name = "--" + f.name.replace("_", "-")
+            name = _option(f)
             if value is True:
                 out.append(name)
                 continue
@@ -132,7 +136,7 @@ class _Launch:
                     kwargs["required"] = True
                 if spec.choices:
                     kwargs["choices"] = spec.choices
-            parser.add_argument("--" + f.name.replace("_", "-"), **kwargs)
+            parser.add_argument(_option(f), **kwargs)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, **given: Any) -> Self:
