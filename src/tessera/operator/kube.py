@@ -21,6 +21,9 @@ from tessera.errors import InvalidInput
 
 from . import peering
 from .manifests import DEPLOYMENT_LABEL, MANAGED_BY, MANAGED_BY_LABEL
+from .plan import drifted, needs_write
+
+__all__ = ["Kube", "Rejected", "drifted", "rejected"]  # drifted: judged in plan.py
 
 MERGE = "application/merge-patch+json"
 EVENT_SOURCE = "tessera-operator"
@@ -54,25 +57,6 @@ def rejected(exc: ApiException, obj: Mapping[str, Any]) -> Rejected:
     message = str(body.get("message") or exc.reason or f"HTTP {exc.status}")
     field = f"{where}: {fields[0]}" if fields else where
     return Rejected(field, f"the API server answered {exc.status}: {message}")
-
-
-def _body(obj: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in obj.items() if k not in ("apiVersion", "kind")}
-
-
-def drifted(desired: Any, actual: Any) -> bool:
-    """Whether `actual` (from the server) differs from `desired` in anything `desired` sets.
-    Keys the server adds (defaults, status, bookkeeping) are not drift; list items are compared
-    position by position, so an added or removed argument is."""
-    if isinstance(desired, Mapping):
-        if not isinstance(actual, Mapping):
-            return True
-        return any(k not in actual or drifted(v, actual[k]) for k, v in desired.items())
-    if isinstance(desired, list):
-        if not isinstance(actual, list) or len(actual) != len(desired):
-            return True
-        return any(drifted(d, a) for d, a in zip(desired, actual, strict=True))
-    return bool(desired != actual)
 
 
 def _has_labels(obj: Mapping[str, Any], wanted: Mapping[str, str]) -> bool:
@@ -211,8 +195,7 @@ class Kube:
             raise
 
     def _apply(self, obj: dict[str, Any], existing: Mapping[str, Any] | None) -> bool:
-        # List items come without apiVersion and kind.
-        if existing is not None and not drifted(_body(obj), existing):
+        if not needs_write(obj, existing):
             return False
         kind = obj["kind"]
         ns = obj["metadata"]["namespace"]

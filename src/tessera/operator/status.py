@@ -133,7 +133,7 @@ def compute(obs: Observed, previous: Mapping[str, Any], now: str) -> dict[str, A
         solver=target.solver,
         predicted_per_token_seconds=per_token,
         predicted_first_token_seconds=pred.first_token_s if pred else None,
-        concurrent_requests=target.stats.get("concurrent_requests"),
+        concurrent_requests=target.statistics.concurrent_requests,
         stages=stages,
     )
     conditions = [
