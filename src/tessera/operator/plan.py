@@ -16,6 +16,7 @@ from typing import Any
 from tessera.api.crd import LLMDeploymentSpec
 from tessera.errors import Infeasible, InvalidInput
 from tessera.placement import Plan, Problem, plan_from_dict
+from tessera.placement.planset import PLAN_FILE
 
 from . import inventory, manifests, manifests_vllm, rollout, status
 from .observe import Cr, Obj, Snapshot
@@ -290,7 +291,7 @@ def _change(reason: str, previous: Obj, new: Plan) -> str:
 
 
 def _published_plan(cm: Obj | None) -> Plan | None:
-    raw = ((cm or {}).get("data") or {}).get("plan.json")
+    raw = ((cm or {}).get("data") or {}).get(PLAN_FILE)
     if not raw:
         return None
     try:
