@@ -57,12 +57,7 @@ class Renderer(ABC):
 
 class ChatRenderer(Renderer):
     id_prefix = "chatcmpl-"
-
-    def __init__(
-        self, pieces: TokenPieces, model: str, rid: str, created: int, *, logprobs: bool
-    ) -> None:
-        super().__init__(pieces, model, rid, created, logprobs=logprobs)
-        self._role_due = True  # the role goes on the first chunk sent
+    _role_due = True  # the role goes on the first chunk sent (then False on the instance)
 
     def whole(self, text: str, finish: str, outs: Sequence[StepToken], used: oa.Usage) -> BaseModel:
         return oa.ChatCompletion(
@@ -98,12 +93,7 @@ class ChatRenderer(Renderer):
 
 class CompletionRenderer(Renderer):
     id_prefix = "cmpl-"
-
-    def __init__(
-        self, pieces: TokenPieces, model: str, rid: str, created: int, *, logprobs: bool
-    ) -> None:
-        super().__init__(pieces, model, rid, created, logprobs=logprobs)
-        self._offset = 0  # text_offset of the next token
+    _offset = 0  # text_offset of the next token (set on the instance as chunks go out)
 
     def whole(self, text: str, finish: str, outs: Sequence[StepToken], used: oa.Usage) -> BaseModel:
         logprobs = completion_logprobs(self.pieces, outs, 0)[0] if self.logprobs else None
