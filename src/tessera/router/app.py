@@ -11,25 +11,25 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tessera.api.vllm import split_endpoint
 from tessera.placement import Plan, Problem
 
+from .admission import AdmissionQueue
 from .auth import ApiKeys
 from .chains import LiveChains
-from .errors import HEALTH_RESPONSES, error_body, openapi_schema, validation_error
+from .errors import HEALTH_RESPONSES, install_error_handlers, openapi_schema
 from .failover import FailoverPolicy
 from .guard import CountOutcomes, Guard
 from .http_limits import HttpLimits, uvicorn_settings
 from .metrics import RouterMetrics
-from .openai_routes import RouterState, build_routes
+from .openai_routes import build_routes
 from .probe import ProbeThread
 from .reload import PlanFiles, PlanReloader, PlanSet
+from .serving import RouterState
 from .stage_client import StageClient
 from .stragglers import StragglerPolicy
 from .tokenizer import Tokenizer
@@ -102,6 +102,8 @@ def build_app(config: RouterConfig) -> FastAPI:
         client_index=client_index,
         down_s=config.down_s,
         straggler_policy=config.stragglers,
+        on_hedge=router_metrics.hedged,
+        on_work=router_metrics.stage_work.inc,
     )
     keys = ApiKeys(config.api_keys_file) if config.api_keys_file is not None else None
     if keys is None:
@@ -117,20 +119,15 @@ def build_app(config: RouterConfig) -> FastAPI:
         tokenizer=config.tokenizer,
         chains=chains,
         metrics=router_metrics,
+        queue=AdmissionQueue(max_wait_s=config.max_wait_s, max_queue=config.max_queue),
         max_input_tokens=w.max_input_tokens,
         max_output_tokens=w.max_output_tokens,
-        max_wait_s=config.max_wait_s,
         created=int(time.time()),
-        max_queue=config.max_queue,
         failover=FailoverPolicy(timeout_s=config.failover_timeout_s),
     )
 
-    chains.on_hedge = state.metrics.hedged
-    chains.on_work = state.metrics.stage_work.inc
-
     def limits_from(new: PlanSet) -> None:
-        state.max_input_tokens = new.problem.workload.max_input_tokens
-        state.max_output_tokens = new.problem.workload.max_output_tokens
+        state.use_workload(new.problem.workload)
 
     reloader = (
         PlanReloader(
@@ -185,20 +182,7 @@ def build_app(config: RouterConfig) -> FastAPI:
         vocab_size=config.tokenizer.vocab_size,
     )
 
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        return error_body(exc.status_code, str(exc.detail), kind, None, None)
-
-    @app.exception_handler(Exception)
-    async def crash(_request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error")  # the message only: request bodies are never logged
-        return error_body(500, "internal error", "server_error", None, None)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        return validation_error(list(exc.errors()))
-
+    install_error_handlers(app)
     app.include_router(build_routes(state))
 
     def readiness() -> Response:

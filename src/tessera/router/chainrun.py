@@ -97,6 +97,23 @@ class ChainRun:
             self.epochs = _Epochs(self.epoch)
         return self.epochs.next()
 
+    def begin(self, prompt: list[int]) -> None:
+        """The history starts with the prompt (before the first step)."""
+        self.tokens = list(prompt)
+
+    def advance(self, token: int) -> None:
+        """A token was generated: it joins the history (replayed on a failover)."""
+        self.tokens.append(token)
+
+    async def reopen(self, hops: list[Hop], expected_end_s: float) -> None:
+        """After a failure: open a new chain for this run under a fresh epoch (a late close of
+        the old sessions cannot hit the new ones); it counts as a failover once it is open."""
+        self.epoch = self.next_epoch()
+        await self.open(hops, expected_end_s)
+        self.failovers += 1
+        if self.observe_failover is not None:
+            self.observe_failover()
+
     def fork(self) -> ChainRun:
         """A run of the same request on no chain yet (open it): a hedge or a replacement."""
         fork = dataclasses.replace(self, hops=[], work=0.0, closed=False, failovers=0)

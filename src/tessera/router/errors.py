@@ -1,16 +1,29 @@
-"""The one mapping from errors to OpenAI error bodies and HTTP statuses (the router's edge)."""
+"""The one mapping from errors to OpenAI error bodies and HTTP statuses (the router's edge).
+
+Errors travel as exceptions of the error vocabulary (`tessera.errors`, and the router's own
+below); `install_error_handlers` registers the one handler that renders them, beside those for
+FastAPI's validation and HTTP errors and for a crash. A stream whose 200 went out already tells
+its error in an SSE event instead (`error_event`).
+"""
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tessera.api.openai import UNSUPPORTED, ErrorDetail, ErrorResponse
 from tessera.errors import Busy, InvalidInput, NotFound, TesseraError, Unavailable
+
+from .guard import CLIENT_GONE
+
+log = logging.getLogger("tessera.router")
 
 
 class ModelNotFound(NotFound):
@@ -19,6 +32,14 @@ class ModelNotFound(NotFound):
 
 class PromptTooLong(InvalidInput):
     pass
+
+
+class ClientGone(TesseraError):
+    """The client left before the whole answer: answered with a bare 499, which nobody reads
+    but the outcome counter (`guard.CountOutcomes`)."""
+
+    def __init__(self) -> None:
+        super().__init__("the client has gone")
 
 
 def error_body(
@@ -81,7 +102,9 @@ def _union_label(part: str) -> bool:
     )
 
 
-def error_response(exc: TesseraError) -> JSONResponse:
+def error_response(exc: TesseraError) -> Response:
+    if isinstance(exc, ClientGone):
+        return Response(status_code=int(CLIENT_GONE))
     if isinstance(exc, PromptTooLong):
         return error_body(
             400, str(exc), "invalid_request_error", exc.field, "context_length_exceeded"
@@ -108,6 +131,29 @@ def error_event(exc: TesseraError) -> dict[str, object]:
     status = error_response(exc).status_code
     kind = "service_unavailable" if status == 503 else "server_error"
     return {"error": {"message": str(exc), "type": kind, "param": None, "code": str(status)}}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """The router's exception handlers: the error vocabulary (one handler), FastAPI's request
+    validation (400, not 422), HTTP errors (404, 405...), and anything else (500)."""
+
+    @app.exception_handler(TesseraError)
+    async def tessera_error(_request: Request, exc: TesseraError) -> Response:
+        return error_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        return error_body(exc.status_code, str(exc.detail), kind, None, None)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return validation_error(list(exc.errors()))
+
+    @app.exception_handler(Exception)
+    async def crash(_request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error")  # the message only: request bodies are never logged
+        return error_body(500, "internal error", "server_error", None, None)
 
 
 def _error(description: str) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """Mid-request failover: a stage died, so route the request to another chain and replay it.
 
 When a step fails (connection refused or reset, timeout, 5xx, or the stage no longer knows the
-session), the failed stage is marked down for `LiveChains.down_s`, the request's other
+session), the failed stage is marked down (`StageDirectory.mark_down`), the request's other
 sessions are closed, WS-RR picks the cheapest chain among the servers still up (it may share
 stages with the old chain or differ entirely), new sessions are opened on it, and the whole
 history (prompt plus tokens generated so far) is replayed there in one prefill. The last stage
@@ -32,7 +32,6 @@ from tessera.errors import Busy, Unavailable
 
 from .chainrun import ChainRun, SessionLost
 from .stage_client import StageFailed
-from .stragglers import hedge_share
 
 log = logging.getLogger("tessera.router")
 
@@ -105,8 +104,7 @@ def _first_hedge_avoid(run: ChainRun) -> set[str] | None:
     this request is not to be hedged (spread too low, or over the budget)."""
     chains = run.chains
     spread, worst = max(((chains.times(s).spread(), s) for s in run.chain), default=(1.0, ""))
-    cost = len(run.tokens) * chains.num_blocks
-    if not chains.budget.should_hedge(hedge_share(spread), cost, chains.straggler_policy):
+    if not chains.stragglers.should_hedge(spread, len(run.tokens) * chains.num_blocks):
         return None
     return {worst}
 
@@ -186,18 +184,14 @@ async def recover(run: ChainRun, failure: StageFailed, policy: FailoverPolicy) -
     while True:
         choice = chains.choose(len(run.tokens), remaining_out)
         if choice is not None and choice.wait_s <= 0.0:
-            run.epoch = run.next_epoch()
             try:
-                await run.open(chains.hops(choice.chain), time.monotonic() + choice.service_s)
+                await run.reopen(chains.hops(choice.chain), time.monotonic() + choice.service_s)
             except Busy:
                 pass  # wait for room below
             except StageFailed as exc:
                 chains.mark_down(exc.server)
                 continue  # the next best chain at once
             else:
-                run.failovers += 1
-                if run.observe_failover is not None:
-                    run.observe_failover()
                 log.warning(
                     "request %s continues on %s (replaying %d tokens)",
                     run.request_id,

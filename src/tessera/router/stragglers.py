@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from tessera.api.launch import RouterLaunch
@@ -129,3 +130,43 @@ class HedgeBudget:
             return False
         self.credit -= 1.0
         return True
+
+
+class StragglerBook:
+    """The router's straggler state: each stage's recent hop times and the hedging budget, with
+    the metrics hooks told of every piece of stage work and every hedge."""
+
+    def __init__(
+        self,
+        policy: StragglerPolicy,
+        *,
+        on_hedge: Callable[[str, str, float], None] | None = None,
+        on_work: Callable[[float], None] | None = None,
+    ) -> None:
+        self.policy = policy
+        self._times: dict[str, StageTimes] = {}
+        self._budget = HedgeBudget()
+        self._on_hedge = on_hedge  # (reason, winner, extra block-tokens) of each hedge
+        self._on_work = on_work  # block-tokens of work
+
+    def times(self, server: str) -> StageTimes:
+        t = self._times.get(server)
+        if t is None:
+            t = self._times[server] = StageTimes()
+        return t
+
+    def count_work(self, block_tokens: float) -> None:
+        self._budget.add_work(block_tokens)
+        if self._on_work is not None:
+            self._on_work(block_tokens)
+
+    def hedged(self, reason: str, winner: str, extra_block_tokens: float) -> None:
+        """A hedge ended: `winner` is primary, hedge or none; the loser's work was extra."""
+        self._budget.add_extra(extra_block_tokens)
+        if self._on_hedge is not None:
+            self._on_hedge(reason, winner, extra_block_tokens)
+
+    def should_hedge(self, spread: float, cost: float) -> bool:
+        """Hedge this request's first token, given the spread of its chain's worst stage and
+        the work a losing hedge would add?"""
+        return self._budget.should_hedge(hedge_share(spread), cost, self.policy)
