@@ -1,16 +1,27 @@
-"""Helpers for the reliability tests: the HA pool as seen by a test (router, stages, token)."""
+"""Helpers for the reliability tests: the HA pool as seen by a test (router, stages, token), and
+the router alone on fake stages. bench/ imports them too (bench/edge.py, bench/reliability.py),
+as it imports tests/unit/router_fakes.py: one way to start a router or stream an answer."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pathlib
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from typing import Any, NamedTuple
 
 import httpx
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "datapath"))
-from datapath_procs import REPO, Up, free_port  # noqa: E402, F401
+from datapath_procs import REPO, Up, free_port  # noqa: E402
+
+from tessera.router.http_limits import HttpLimits, uvicorn_settings  # noqa: E402
+
+if str(REPO) not in sys.path:  # for tests.unit.router_fakes, when bench/ imports this module
+    sys.path.insert(0, str(REPO))
 
 KEY = "sk-test-reliability-1"
 STAGES = ("a", "b", "c", "a2", "c2")
@@ -93,3 +104,66 @@ class Pool:
                 return
             time.sleep(0.3)
         raise AssertionError(f"not all stages up after {timeout_s} s: {up}")
+
+
+def wait_healthy(base_url: str, timeout_s: float = 30) -> None:
+    """Until the router at `base_url` answers GET /health with 200."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(f"{base_url}/health", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the router at {base_url} did not start in {timeout_s} s")
+        time.sleep(0.1)
+
+
+class LocalRouter(NamedTuple):
+    port: int
+    base_url: str
+
+
+@contextlib.contextmanager
+def router_on_fakes(
+    tokenizer_dir: pathlib.Path,
+    *,
+    stage_options: dict[str, dict[str, object]] | None = None,
+    limits: HttpLimits | None = None,
+    http: str = "auto",
+    port: int | None = None,
+    log_level: str = "warning",
+    **config: object,
+) -> Iterator[LocalRouter]:
+    """The router with its real HTTP layer (uvicorn, in a thread of this process) on loopback
+    over in-process fake stages (`fake_pool(**stage_options)`, `router_app(**config)`); yields
+    once /health answers, and stops it after. With `limits` uvicorn runs as
+    `tessera router` runs it (`uvicorn_settings`: h11, head size, deadlines); without, with
+    uvicorn's `http` protocol and no head limit."""
+    import uvicorn
+    from tests.unit.router_fakes import fake_pool, router_app
+
+    if limits is not None:
+        config["http_limits"] = limits
+    app: Any = router_app(fake_pool(**(stage_options or {})), tokenizer_dir, **config)
+    settings = (
+        {"http": http}
+        if limits is None
+        else uvicorn_settings(limits, app.state.tessera.metrics.count_status)
+    )
+    port = free_port() if port is None else port
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, host="127.0.0.1", port=port, log_level=log_level, lifespan="on", **settings
+        )
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    router = LocalRouter(port, f"http://127.0.0.1:{port}")
+    try:
+        wait_healthy(router.base_url)
+        yield router
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
