@@ -18,11 +18,9 @@ import sys
 import threading
 import time
 
-import httpx
-
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "integration" / "reliability"))
-from reliability_procs import free_port, router_on_fakes, wait_healthy  # noqa: E402
+from reliability_procs import free_port, router_on_fakes, stream_answer, wait_ok  # noqa: E402
 
 from tessera.router.http_limits import HttpLimits  # noqa: E402
 
@@ -55,17 +53,8 @@ def _peak_rss_mib(pid: int) -> float:
 
 
 def _answer_s(base: str) -> float:
-    body = {
-        "model": "smollm2-135m-instruct",
-        "messages": [{"role": "user", "content": "hi"}],
-        "max_tokens": 16,
-        "temperature": 0,
-        "stream": True,
-    }
     t0 = time.perf_counter()
-    with httpx.stream("POST", f"{base}/v1/chat/completions", json=body, timeout=120) as r:
-        for _ in r.iter_lines():
-            pass
+    stream_answer(base, "hi", 16, timeout_s=120)
     return time.perf_counter() - t0
 
 
@@ -90,7 +79,7 @@ def _measure(kind: str) -> tuple[float, float, float]:
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_healthy(base, timeout_s=120)
+        wait_ok(f"{base}/health", timeout_s=120)
         _answer_s(base)  # warm-up
         alone = statistics.median(_answer_s(base) for _ in range(ANSWERS))
         rss_before = _peak_rss_mib(proc.pid)
