@@ -32,19 +32,10 @@ from tessera.errors import TesseraError
 from tessera.placement import Plan, Problem
 from tessera.placement.routing import RouteChoice, RoutingTable, ServerLoad, routing_table, ws_rr
 
-from .stage_client import StageClient, StageFailed
+from .stage_client import ProbeTarget, StageClient, StageFailed
 from .stragglers import HedgeBudget, StageTimes, StragglerPolicy
 
 DOWN_PROBE_S = 0.25  # how often a down server is probed (a restart is seen within this)
-
-
-@dataclass(frozen=True)
-class ProbeTarget:
-    """What the probe thread needs to reach a server (it has clients of its own)."""
-
-    name: str
-    base_url: str
-    token: str | None
 
 
 log = logging.getLogger("tessera.router")
@@ -134,11 +125,7 @@ class LiveChains:
         self.notify()
 
     def _targets(self) -> tuple[ProbeTarget, ...]:
-        return tuple(
-            ProbeTarget(n, s.client.base_url, s.client.token)
-            for n, s in self.servers.items()
-            if s.client is not None and s.client.probe_off_loop
-        )
+        return tuple(s.client.probe_target() for s in self.servers.values() if s.client)
 
     def _find(self, server: str) -> _Server | None:
         """The server by name: in the plan, else the latest retired one (running requests)."""
@@ -220,17 +207,9 @@ class LiveChains:
             await self.poll_once()
 
     async def housekeep_forever(self, interval_s: float = 1.0) -> None:
-        """Close the clients of retired servers, and poll here the stages whose clients the
-        probe thread cannot stand in for (`StageClient.probe_off_loop`)."""
+        """Close the clients of retired servers (the probe thread probes the others)."""
         while True:
             await asyncio.sleep(interval_s)
-            own = [
-                (n, s) for n, s in self.servers.items() if s.client and not s.client.probe_off_loop
-            ]
-            if own:
-                await asyncio.gather(*(self._poll(n, s) for n, s in own))
-                self._use_measured_speeds()
-                self.notify()
             await self._close_idle_retired()
 
     def mark_down(self, server: str, why: str = "a step failed") -> None:
