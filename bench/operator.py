@@ -23,6 +23,7 @@ kmock scans every past request on each request, so late requests cost tens of mi
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import multiprocessing
 import os
 import pathlib
@@ -30,8 +31,8 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, NamedTuple
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "integration" / "k8s"))
@@ -93,18 +94,22 @@ def _wait(pred: Callable[[], Any], timeout_s: float = 30.0) -> Any:
     raise TimeoutError("the operator did not finish in time")
 
 
-SETUPS = {  # name -> (emulator, repeats)
-    "separate process, no request history": ("process", REPEATS),
-    "same process, no request history": ("thread", 1),
-    "same process, unbounded (issue 5)": ("thread-unbounded", 1),
-}
+OPERATOR_ARGS = ["run", "-A", "--standalone", "--quiet", "-m", "tessera.operator.handlers"]
 
 
-def _one_run(emulator: str = "process") -> tuple[float, float, float, int]:
+class _Api(NamedTuple):
+    core: Any  # kubernetes.client.CoreV1Api
+    apps: Any  # kubernetes.client.AppsV1Api
+    custom: Any  # kubernetes.client.CustomObjectsApi
+
+
+@contextlib.contextmanager
+def _cluster(emulator: str, nodes: Iterable[dict[str, Any]]) -> Iterator[_Api]:
+    """An emulated API server (`emulator`: a SETUPS kind) with the CRD and `nodes` in it, and
+    this process's kubernetes client (and the operator's, via KUBECONFIG) pointed at it."""
     import kubernetes
     import yaml
     from k8s_emulator import EmulatorProcess, EmulatorThread, write_kubeconfig
-    from kopf.testing import KopfRunner
 
     server: EmulatorProcess | EmulatorThread
     if emulator == "process":
@@ -120,10 +125,42 @@ def _one_run(emulator: str = "process") -> tuple[float, float, float, int]:
         kubernetes.config.load_kube_config(config_file=str(cfg))
         crd = yaml.safe_load((ROOT / "crds" / "llmdeployment.yaml").read_text())
         kubernetes.client.ApiextensionsV1Api().create_custom_resource_definition(crd)
-        core, apps = kubernetes.client.CoreV1Api(), kubernetes.client.AppsV1Api()
-        custom = kubernetes.client.CustomObjectsApi()
-        for i in range(NODES):
-            core.create_node(_node(i))
+        api = _Api(
+            kubernetes.client.CoreV1Api(),
+            kubernetes.client.AppsV1Api(),
+            kubernetes.client.CustomObjectsApi(),
+        )
+        for node in nodes:
+            api.core.create_node(node)
+        yield api
+
+
+def _status(api: _Api) -> dict[str, Any]:
+    body = api.custom.get_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "bench")
+    return body.get("status") or {}
+
+
+def _replanned(api: _Api, victim: str) -> bool:
+    """The status and the published plan no longer name the node `victim`."""
+    stages = _status(api).get("plan", {}).get("stages", [])
+    if any(x["node"] == victim for x in stages):
+        return False
+    cm = api.core.read_namespaced_config_map("bench-plan", NS)
+    return victim not in cm.data["endpoints.json"]
+
+
+SETUPS = {  # name -> (emulator, repeats)
+    "separate process, no request history": ("process", REPEATS),
+    "same process, no request history": ("thread", 1),
+    "same process, unbounded (issue 5)": ("thread-unbounded", 1),
+}
+
+
+def _one_run(emulator: str = "process") -> tuple[float, float, float, int]:
+    from kopf.testing import KopfRunner
+
+    with _cluster(emulator, [_node(i) for i in range(NODES)]) as api:
+        core, apps, custom = api.core, api.apps, api.custom
 
         # Baseline: one write + one read of a Deployment-sized object.
         body = {
@@ -142,24 +179,15 @@ def _one_run(emulator: str = "process") -> tuple[float, float, float, int]:
         baseline = time.perf_counter() - t0
         apps.delete_namespaced_deployment("probe", NS)
 
-        def status() -> dict[str, Any]:
-            return (
-                custom.get_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "bench").get(
-                    "status"
-                )
-                or {}
-            )
-
         def applied() -> dict[str, Any] | None:
-            st = status()
+            st = _status(api)
             stages = st.get("plan", {}).get("stages")
             if not stages:
                 return None
             names = {s.metadata.name for s in core.list_namespaced_service(NS).items}
             return st if "bench-router" in names and len(names) >= len(stages) + 1 else None
 
-        args = ["run", "-A", "--standalone", "--quiet", "-m", "tessera.operator.handlers"]
-        with KopfRunner(args, timeout=30) as runner:
+        with KopfRunner(OPERATOR_ARGS, timeout=30) as runner:
             time.sleep(0.5)  # let the operator start watching (not part of the figure)
             t0 = time.perf_counter()
             custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, CR)
@@ -171,14 +199,7 @@ def _one_run(emulator: str = "process") -> tuple[float, float, float, int]:
             t0 = time.perf_counter()
             core.delete_node(victim)
 
-            def replanned() -> bool:
-                s = status()
-                if any(x["node"] == victim for x in s.get("plan", {}).get("stages", [])):
-                    return False
-                cm = core.read_namespaced_config_map("bench-plan", NS)
-                return victim not in cm.data["endpoints.json"]
-
-            _wait(replanned)
+            _wait(lambda: _replanned(api, victim))
             replan_s = time.perf_counter() - t0
         if runner.exception is not None:
             raise runner.exception
@@ -197,37 +218,16 @@ def _scale_node(i: int) -> dict[str, Any]:
 
 def _scale_run() -> tuple[float, float, int, float]:
     """(create s, node loss s, stages, peak RSS MB) at 1,000 nodes."""
-    import logging
     import resource
 
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    logging.getLogger("kopf").setLevel(logging.WARNING)
-
     import kubernetes
-    import yaml
-    from k8s_emulator import EmulatorProcess, write_kubeconfig
     from kopf.testing import KopfRunner
 
-    with EmulatorProcess() as srv, tempfile.TemporaryDirectory() as tmp:
-        cfg = pathlib.Path(tmp) / "kubeconfig"
-        write_kubeconfig(cfg, srv.url)
-        os.environ["KUBECONFIG"] = str(cfg)
-        os.environ["TESSERA_RESYNC_SECONDS"] = "3600"
-        kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION = str(cfg)
-        kubernetes.config.load_kube_config(config_file=str(cfg))
-        crd = yaml.safe_load((ROOT / "crds" / "llmdeployment.yaml").read_text())
-        kubernetes.client.ApiextensionsV1Api().create_custom_resource_definition(crd)
-        core, apps = kubernetes.client.CoreV1Api(), kubernetes.client.AppsV1Api()
-        custom = kubernetes.client.CustomObjectsApi()
-        for i in range(SCALE_NODES):
-            core.create_node(_scale_node(i))
-
-        def status() -> dict[str, Any]:
-            body = custom.get_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "bench")
-            return body.get("status") or {}
+    with _cluster("process", [_scale_node(i) for i in range(SCALE_NODES)]) as api:
+        apps, custom = api.apps, api.custom
 
         def deploying() -> dict[str, Any] | None:
-            st = status()
+            st = _status(api)
             if st.get("phase") != "Deploying" or not st.get("stages"):
                 return None
             stages = [
@@ -237,8 +237,7 @@ def _scale_run() -> tuple[float, float, int, float]:
             ]
             return st if len(stages) == st["stages"] else None
 
-        args = ["run", "-A", "--standalone", "--quiet", "-m", "tessera.operator.handlers"]
-        with KopfRunner(args, timeout=60) as runner:
+        with KopfRunner(OPERATOR_ARGS, timeout=60) as runner:
             time.sleep(2.0)  # let the operator list the 1,000 nodes (not part of the figure)
             t0 = time.perf_counter()
             custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, CR)
@@ -256,16 +255,8 @@ def _scale_run() -> tuple[float, float, int, float]:
             )
             time.sleep(0.5)
             t0 = time.perf_counter()
-            core.delete_node(victim)
-
-            def replanned() -> bool:
-                s = status()
-                if any(x["node"] == victim for x in s.get("plan", {}).get("stages", [])):
-                    return False
-                cm = core.read_namespaced_config_map("bench-plan", NS)
-                return victim not in cm.data["endpoints.json"]
-
-            _wait(replanned, timeout_s=60)
+            api.core.delete_node(victim)
+            _wait(lambda: _replanned(api, victim), timeout_s=60)
             loss_s = time.perf_counter() - t0
         if runner.exception is not None:
             raise runner.exception
@@ -302,15 +293,21 @@ def _compute_only() -> tuple[float, int]:
     return time.perf_counter() - t0, len(objs)
 
 
-def main() -> None:
+def _quiet_logs() -> None:
     import logging
 
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     logging.getLogger("kopf").setLevel(logging.WARNING)
+
+
+def main() -> None:
+    _quiet_logs()
     # A fresh process: ru_maxrss is a lifetime peak, and `make bench` runs the model-loading
     # benches first in this one.
     spawn = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as pool:
+    with concurrent.futures.ProcessPoolExecutor(
+        1, mp_context=spawn, initializer=_quiet_logs
+    ) as pool:
         create, loss, stages, rss = pool.submit(_scale_run).result()
     gpus = SCALE_NODES * SCALE_GPUS
     print(f"scale: {SCALE_NODES} nodes, {gpus} GPUs; {stages} stages planned (maxGPUs default)")

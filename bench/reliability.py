@@ -32,7 +32,6 @@ import json
 import os
 import pathlib
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -44,8 +43,16 @@ import httpx
 import yaml
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-TESSERA = [sys.executable, "-c", "import sys; from tessera.cli import main; sys.exit(main())"]
-MODEL = "smollm2-135m-instruct"
+sys.path[:0] = [str(REPO / "tests" / "integration" / d) for d in ("datapath", "reliability")]
+from datapath_procs import TESSERA  # noqa: E402
+from reliability_procs import (  # noqa: E402
+    free_port,
+    process_pid,
+    stream_answer,
+    wait_ok,
+    worker_pid,
+)
+
 CLIENTS = 64
 LOAD_S = float(os.environ.get("TESSERA_BENCH_LOAD_S", "60"))
 WARMUP_S = 15.0
@@ -69,12 +76,6 @@ SLOW_FACTOR = 5.0
 SLOW_PERIOD_S = 0.05
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _pool_file(directory: pathlib.Path) -> pathlib.Path:
     cfg = yaml.safe_load((REPO / "examples" / "local-ha.yaml").read_text())
     w = cfg["workload"]
@@ -89,17 +90,6 @@ def _pool_file(directory: pathlib.Path) -> pathlib.Path:
     return path
 
 
-def _pid(*args: str) -> int:
-    for proc in pathlib.Path("/proc").iterdir():
-        try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if all(a.encode() in argv for a in args):
-            return int(proc.name)
-    raise RuntimeError(f"no process with {args}")
-
-
 def _rss_bytes(pid: int) -> int:
     for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -110,7 +100,7 @@ def _rss_bytes(pid: int) -> int:
 class Local:
     def __init__(self) -> None:
         self.dir = pathlib.Path(tempfile.mkdtemp(prefix="tessera-bench-rel-"))
-        self.port = _port()
+        self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
             [*TESSERA, "up", str(_pool_file(self.dir)), f"--port={self.port}"]
@@ -138,9 +128,9 @@ class Local:
         raise RuntimeError("the pool did not come up")
 
     def pids(self) -> dict[str, int]:
-        out = {"router": _pid("router", f"--port={self.port}")}
+        out = {"router": process_pid("router", f"--port={self.port}")}
         for name, url in self.endpoints.items():
-            out[name] = _pid("worker", f"--port={url.rsplit(':', 1)[1]}")
+            out[name] = worker_pid(url)
         return out
 
     def stop(self) -> None:
@@ -151,92 +141,50 @@ class Local:
             self.proc.kill()
 
 
-def stream(base: str, prompt: str, max_tokens: int, on_token=None):
-    """(text, chain, token arrival times, status, error events) of one streamed greedy answer."""
-    body = {
-        "model": MODEL,
-        "messages": [{"role": "user", "content": prompt}],
-        "max_tokens": max_tokens,
-        "temperature": 0,
-        "stream": True,
-    }
-    parts, times, errors = [], [], []
-    with httpx.stream("POST", f"{base}/v1/chat/completions", json=body, timeout=300) as r:
-        if r.status_code != 200:
-            r.read()
-            return "", [], [], r.status_code, []
-        chain = r.headers["x-tessera-chain"].split(">")
-        for line in r.iter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            event = json.loads(line[6:])
-            if "error" in event:
-                errors.append(event)
-            elif event["choices"] and event["choices"][0]["delta"].get("content"):
-                parts.append(event["choices"][0]["delta"]["content"])
-                times.append(time.perf_counter())
-                if on_token is not None:
-                    on_token(chain, len(parts))
-    return "".join(parts), chain, times, 200, errors
-
-
-def failover_pauses(local: Local) -> list[tuple[str, float, float, bool]]:
+def pauses(local: Local, sig: int, hops: dict[int, str]) -> list[tuple[str, float, float, bool]]:
+    """For each hop of a>b>c: `sig` (SIGKILL, or SIGSTOP for FREEZE_S) sent to its stage after
+    6 streamed tokens of a 32-token answer; (stage, pause until the next token, the median gap
+    between tokens undisturbed, whether the text is the undisturbed one)."""
     prompt = "Tell me a short story about a dragon."
     rows = []
-    for hop, label in ((0, "first"), (1, "middle"), (2, "last")):
+    for hop, label in hops.items():
         local.wait_all_up()
-        ref, _, ref_times, _, _ = stream(local.base, prompt, 32)
+        ref, _, ref_times, _, _ = stream_answer(local.base, prompt, 32)
         gap = statistics.median(b - a for a, b in zip(ref_times, ref_times[1:], strict=False))
-        killed: list[float] = []
+        hit: list[tuple[int, float]] = []
 
-        def kill(chain, n, hop=hop, killed=killed):
-            if n == 6 and not killed:
-                port = local.endpoints[chain[hop]].rsplit(":", 1)[1]
-                os.kill(_pid("worker", f"--port={port}"), signal.SIGKILL)
-                killed.append(time.perf_counter())
-
-        text, chain, times, _, errors = stream(local.base, prompt, 32, kill)
-        after = [t for t in times if killed and t > killed[0]]
-        pause = after[0] - killed[0] if after else float("inf")
-        rows.append((f"{label} ({chain[hop]})", pause, gap, text == ref and not errors))
-    return rows
-
-
-def frozen_pauses(local: Local) -> list[tuple[str, float, float, bool]]:
-    prompt = "Tell me a short story about a dragon."
-    rows = []
-    for hop, label in ((0, "first"), (-1, "last")):
-        local.wait_all_up()
-        ref, _, ref_times, _, _ = stream(local.base, prompt, 32)
-        gap = statistics.median(b - a for a, b in zip(ref_times, ref_times[1:], strict=False))
-        frozen: list[tuple[int, float]] = []
-
-        def freeze(chain, n, hop=hop, frozen=frozen):
-            if n == 6 and not frozen:
-                port = local.endpoints[chain[hop]].rsplit(":", 1)[1]
-                pid = _pid("worker", f"--port={port}")
-                os.kill(pid, signal.SIGSTOP)
-                frozen.append((pid, time.perf_counter()))
+        def disturb(chain, n, hop=hop, hit=hit):
+            if n < 6:
+                return False
+            pid = worker_pid(local.endpoints[chain[hop]])
+            os.kill(pid, sig)
+            hit.append((pid, time.perf_counter()))
+            return True
 
         try:
-            text, chain, times, _, errors = stream(local.base, prompt, 32, freeze)
+            text, chain, times, _, errors = stream_answer(local.base, prompt, 32, disturb)
         finally:
-            for pid, t_stop in frozen:
+            for pid, t_stop in hit if sig == signal.SIGSTOP else ():
                 time.sleep(max(0.0, min(FREEZE_S - (time.perf_counter() - t_stop), 1.0)))
                 os.kill(pid, signal.SIGCONT)
-        after = [t for t in times if frozen and t > frozen[0][1]]
-        pause = after[0] - frozen[0][1] if after else float("inf")
+        after = [t for t in times if hit and t > hit[0][1]]
+        pause = after[0] - hit[0][1] if after else float("inf")
         rows.append((f"{label} ({chain[hop]})", pause, gap, text == ref and not errors))
     return rows
 
 
-def print_frozen(rows: list[tuple[str, float, float, bool]]) -> None:
-    print("\nfrozen-stage pause (SIGSTOP of one stage after 6 streamed tokens, 32-token answer)")
-    print(f"{'stage stopped':<16}{'pause s':>9}{'token gap s':>13}{'ratio':>8}  same text")
+def print_pauses(
+    title: str, column: str, rows: list[tuple[str, float, float, bool]], *, or_equal: bool
+) -> None:
+    """A table of pauses (one row a stage) and the worst against its 2 s target."""
+    print(title)
+    print(f"{column:<16}{'pause s':>9}{'token gap s':>13}{'ratio':>8}  same text")
     for label, pause, gap, same in rows:
         print(f"{label:<16}{pause:>9.3f}{gap:>13.3f}{pause / gap:>8.1f}  {same}")
     worst = max(r[1] for r in rows)
-    print(f"worst pause {worst:.3f} s (target <= 2 s: {'met' if worst <= 2 else 'NOT met'})")
+    met = worst <= 2 if or_equal else worst < 2
+    target = "<= 2 s" if or_equal else "< 2 s"
+    print(f"worst pause {worst:.3f} s (target {target}: {'met' if met else 'NOT met'})")
 
 
 def _metrics(base: str) -> dict[str, float]:
@@ -250,7 +198,7 @@ def _metrics(base: str) -> dict[str, float]:
 
 def _second_router(local: Local, port: int, *extra: str) -> subprocess.Popen[bytes]:
     """Another router on the pool's stages: the pool's router's own argv, another port."""
-    pid = _pid("router", f"--port={local.port}")
+    pid = process_pid("router", f"--port={local.port}")
     argv = [a.decode() for a in pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")]
     argv = [a for a in argv if a and not a.startswith(("--port=", "--api-keys-file="))]
     return subprocess.Popen(
@@ -288,7 +236,7 @@ def ttft_phase(base: str, victim_pid: int) -> tuple[list[float], list[float]]:
         k = i
         while time.perf_counter() < stop_at:
             start = time.perf_counter()
-            _, _, times, status, _ = stream(base, PROMPTS[k % len(PROMPTS)], TTFT_TOKENS)
+            _, _, times, status, _ = stream_answer(base, PROMPTS[k % len(PROMPTS)], TTFT_TOKENS)
             k += 1
             if status == 200 and times:
                 with lock:
@@ -312,26 +260,19 @@ def _q(values: list[float], q: float) -> float:
 
 def print_ttft(local: Local) -> None:
     local.wait_all_up()
-    chain = stream(local.base, PROMPTS[0], 2)[1]
+    chain = stream_answer(local.base, PROMPTS[0], 2)[1]
     victim_name = chain[len(chain) // 2]
-    victim = _pid("worker", f"--port={local.endpoints[victim_name].rsplit(':', 1)[1]}")
-    port = _port()
+    victim = worker_pid(local.endpoints[victim_name])
+    port = free_port()
     baseline = _second_router(local, port, "--hedge-budget=0", "--straggler-floor-s=1000")
     base_url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
+        wait_ok(f"{base_url}/readyz", timeout_s=120)
         rows = []
         for label, url in (("hedging on", local.base), ("hedging off", base_url)):
             local.wait_all_up()
             for p in PROMPTS:  # hop times of this router, warmed
-                stream(url, p, 8)
+                stream_answer(url, p, 8)
             before = _metrics(url)
             slow, all_ttft = ttft_phase(url, victim)
             after = _metrics(url)
@@ -396,7 +337,7 @@ def load(local: Local, seconds: float, reference: dict[str, str]) -> dict[str, i
         while time.monotonic() < stop_at:
             prompt = PROMPTS[k % len(PROMPTS)]
             k += 1
-            text, _, times, status, errors = stream(local.base, prompt, 8)
+            text, _, times, status, errors = stream_answer(local.base, prompt, 8)
             with lock:
                 if status >= 500:
                     counts["5xx"] += 1
@@ -419,19 +360,22 @@ def load(local: Local, seconds: float, reference: dict[str, str]) -> dict[str, i
 def main() -> None:
     local = Local()
     try:
-        rows = failover_pauses(local)
-        print("failover pause (SIGKILL of one stage after 6 streamed tokens, 32-token answer)")
-        print(f"{'stage killed':<16}{'pause s':>9}{'token gap s':>13}{'ratio':>8}  same text")
-        for label, pause, gap, same in rows:
-            print(f"{label:<16}{pause:>9.3f}{gap:>13.3f}{pause / gap:>8.1f}  {same}")
-        worst = max(r[1] for r in rows)
-        print(f"worst pause {worst:.3f} s (target < 2 s: {'met' if worst < 2 else 'NOT met'})")
-
-        print_frozen(frozen_pauses(local))
+        print_pauses(
+            "failover pause (SIGKILL of one stage after 6 streamed tokens, 32-token answer)",
+            "stage killed",
+            pauses(local, signal.SIGKILL, {0: "first", 1: "middle", 2: "last"}),
+            or_equal=False,
+        )
+        print_pauses(
+            "\nfrozen-stage pause (SIGSTOP of one stage after 6 streamed tokens, 32-token answer)",
+            "stage stopped",
+            pauses(local, signal.SIGSTOP, {0: "first", -1: "last"}),
+            or_equal=True,
+        )
         print_ttft(local)
 
         local.wait_all_up()
-        reference = {p: stream(local.base, p, 8)[0] for p in PROMPTS}
+        reference = {p: stream_answer(local.base, p, 8)[0] for p in PROMPTS}
         load(local, WARMUP_S, reference)  # allocator and caches reach their working size
         pids = local.pids()
         before = {n: _rss_bytes(p) for n, p in pids.items()}

@@ -19,17 +19,12 @@ Then the token agreement and byte ratio on the packaged model (20 prompts, 32 gr
 from __future__ import annotations
 
 import asyncio
-import os
 import pathlib
-import socket
 import statistics
-import subprocess
-import sys
 import time
 import uuid
 
-import httpx
-
+from bench._procs import workers
 from tessera.api.stage import StepToken
 from tessera.router.stage_client import StageClient, StepSampling, Tensor
 
@@ -39,33 +34,7 @@ DECODE_STEPS = 16  # per wire
 PREFILLS = 3  # per wire
 STREAMS = 16
 WIRES = ("float32", "int8-outlier")
-TESSERA = [sys.executable, "-c", "import sys; from tessera.cli import main; sys.exit(main())"]
 GREEDY = StepSampling(0.0, 1.0, 0)
-
-
-def _start(model: str, blocks: str, mbit_s: float) -> tuple[subprocess.Popen[bytes], str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    args = [f"--model={model}", f"--blocks={blocks}", "--memory-bytes=3Gi", f"--port={port}"]
-    proc = subprocess.Popen(
-        [*TESSERA, "worker", *args, "--threads=1", "--max-length=1024", "--log-level=warning",
-         f"--bandwidth-mbit-s={mbit_s}"],
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )  # fmt: skip
-    return proc, f"http://127.0.0.1:{port}"
-
-
-def _wait(url: str) -> None:
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"{url} did not become ready")
 
 
 async def _run(urls: list[str], prompt: list[int], streams: int) -> dict[str, dict[str, float]]:
@@ -160,17 +129,10 @@ def _agreement(model: str) -> None:
 
 
 def _measure(model: str, mbit_s: float) -> None:
-    procs = [_start(model, b, mbit_s) for b in ("0:15", "15:30")]
-    try:
-        for _, url in procs:
-            _wait(url)
-        urls = [u for _, u in procs]
+    link = f"--bandwidth-mbit-s={mbit_s}"
+    with workers(model, ("0:15", "15:30"), link, memory="3Gi", max_length=1024) as urls:
         one = asyncio.run(_run(urls, [(i * 37) % 4000 + 100 for i in range(PROMPT_TOKENS)], 1))
         many = asyncio.run(_run(urls, [(i * 37) % 4000 + 100 for i in range(32)], STREAMS))
-    finally:
-        for proc, _ in procs:
-            proc.terminate()
-            proc.wait(timeout=15)
     print(f"SmolLM2 in 2 stages, each behind an emulated {mbit_s} Mbit/s link; wires alternate")
     print(f"  {'':<46} {'fp32':>10} {'int8-outlier':>13} {'ratio':>6}")
     rows = [

@@ -20,15 +20,13 @@ import numpy as np
 from tessera.api import stage as wire
 from tessera.errors import Busy, NotFound
 from tessera.placement import plan_from_dict, problem_from_dict
-from tessera.router.stage_client import StageFailed, Tensor
+from tessera.router.stage_client import ProbeTarget, StageFailed, Tensor
 
 NUM_BLOCKS = 30
 MODEL = "smollm2-135m-instruct"
 
 
 class FakeStage:
-    probe_off_loop = True  # as StageClient: state() is a plain read
-
     def __init__(
         self,
         name: str,
@@ -147,6 +145,16 @@ class FakeStage:
             memory_bytes=2,
             ready=True,
         )
+
+    def probe_target(self) -> ProbeTarget:
+        # In process, no connections: the probe thread may read this very stand-in.
+        return ProbeTarget(self.server, self.base_url, self._probe_client, self.settle_probe)
+
+    def _probe_client(self) -> FakeStage:
+        return self
+
+    def settle_probe(self, state: wire.StageState) -> wire.StageState:
+        return state
 
     async def aclose(self) -> None:
         return None

@@ -4,17 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tessera.placement import (
-    Client,
-    Link,
-    ModelSpec,
-    Placement,
-    Plan,
-    PrefillCost,
-    Problem,
-    Server,
-    Workload,
-)
+from tessera.placement import Placement, Plan, Problem
 from tessera.placement.replicas import (
     full_replicas,
     pp_layer_partition,
@@ -24,22 +14,21 @@ from tessera.placement.replicas import (
     split_concurrency,
 )
 
+from .placement_helpers import problem
+
 MB = 1_000_000
 
 
 def _problem(big_bytes: int, concurrent: int = 8) -> Problem:
-    cost = PrefillCost(0.0, 0.0)
-    servers = (
-        Server("big", big_bytes, 0.001, cost),
-        Server("a", 600 * MB, 0.001, cost),
-        Server("b", 600 * MB, 0.001, cost),
-    )
-    return Problem(
-        ModelSpec("m", 10, 10 * MB, 1000),  # a session of 1000 tokens: 1 MB per block
-        Workload(600, 400, concurrent),
+    # A session of 1000 tokens (600 in, 400 out): 1 MB of cache per block.
+    servers = [("big", big_bytes, 0.001), ("a", 600 * MB, 0.001), ("b", 600 * MB, 0.001)]
+    return problem(
         servers,
-        (Client("c"),),
-        tuple(Link("c", s.name, 0.001, 0.001) for s in servers),
+        block_bytes=10 * MB,
+        cache_bytes_per_token=1000,
+        concurrent=concurrent,
+        max_input_tokens=600,
+        max_output_tokens=400,
     )
 
 

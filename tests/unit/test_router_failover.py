@@ -102,10 +102,10 @@ def test_a_stage_that_lost_the_session_is_replayed_without_being_marked_down(ref
     with TestClient(router_app(stages, smollm2_dir())) as c:
         original = stages["b"].step
 
-        async def forgetful(session_id, x, position, sampling):
+        async def forgetful(session_id, x, position, sampling, wire_dtype=None):
             if stages["b"].steps == 4:  # as if b restarted: our session is gone
                 stages["b"].sessions.clear()
-            return await original(session_id, x, position, sampling)
+            return await original(session_id, x, position, sampling, wire_dtype)
 
         stages["b"].step = forgetful
         text, _, chain = _streamed(c)

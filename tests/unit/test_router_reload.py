@@ -112,11 +112,12 @@ def test_new_requests_use_the_reloaded_plan_and_a_running_one_keeps_its_chain(tm
     gate = threading.Event()
     original = stages["c"].step
 
-    async def held(session_id, x, position, sampling):  # c pauses mid-answer until the gate
+    # c pauses mid-answer until the gate
+    async def held(session_id, x, position, sampling, wire_dtype=None):
         if stages["c"].steps >= 3:
             while not gate.is_set():
                 await asyncio.sleep(0.01)
-        return await original(session_id, x, position, sampling)
+        return await original(session_id, x, position, sampling, wire_dtype)
 
     stages["c"].step = held  # type: ignore[method-assign]
     app = _app(tmp_path, stages)

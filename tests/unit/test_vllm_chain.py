@@ -266,3 +266,31 @@ def test_past_its_share_a_vllm_stage_is_busy() -> None:
             await client.aclose()
 
     with_fake(run)
+
+
+def test_the_probe_threads_client_reads_metrics_and_the_routers_client_settles_them() -> None:
+    async def run(vllm: FakeVllm, url: str) -> None:
+        client = VllmStageClient(
+            "big", url, model_name="m", num_blocks=30, max_length=64, max_sessions=2
+        )
+        target = client.probe_target()
+        prober = target.connect()  # the probe thread's own client
+        try:
+            raw = await prober.state()
+            assert raw.active_sessions == 3 and raw.free_slots > 0
+            assert not vllm.bodies  # /metrics alone: the probe's client calibrates nothing
+            assert not target.settle(raw).ready  # the router's client starts calibrating
+            for _ in range(200):
+                if target.settle(raw).ready:
+                    break
+                await asyncio.sleep(0.01)
+            settled = target.settle(raw)
+            assert settled.ready and settled.decode_s_per_block > 0
+            await client.open("a", 0, 30, 64)
+            await client.open("b", 0, 30, 64)
+            assert target.settle(raw).free_slots == 0  # its share is taken
+        finally:
+            await prober.aclose()
+            await client.aclose()
+
+    with_fake(run)

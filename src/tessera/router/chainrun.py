@@ -186,8 +186,8 @@ class ChainRun:
         if deadline_s is not None and overrun is not None:
             watchdog = _Watchdog(server, deadline_s, self.chains.straggler_policy.floor_s, overrun)
         try:
-            extra = {"wire_dtype": wire_dtype} if wire_dtype else {}
-            out = await client.step(sid, x, position, self.sampling if last else None, **extra)
+            sampling = self.sampling if last else None
+            out = await client.step(sid, x, position, sampling, wire_dtype=wire_dtype)
         except NotFound as exc:
             raise SessionLost(server, str(exc)) from exc
         finally:

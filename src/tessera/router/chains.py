@@ -20,9 +20,9 @@ from tessera.errors import TesseraError
 from tessera.placement import Plan, Problem
 from tessera.placement.routing import RouteChoice, ws_rr
 
-from .directory import DOWN_PROBE_S, Hop, ProbeTarget, StageDirectory
+from .directory import DOWN_PROBE_S, Hop, StageDirectory
 from .slots import RoomSignal, SlotBook
-from .stage_client import StageClient
+from .stage_client import ProbeTarget, StageClient
 from .stragglers import StageTimes, StragglerBook, StragglerPolicy
 
 __all__ = ["DOWN_PROBE_S", "Hop", "LiveChains", "ProbeTarget"]

@@ -28,20 +28,11 @@ from tessera.placement import Plan, Problem
 from tessera.placement.routing import RoutingTable, routing_table
 
 from .slots import RoomSignal, SlotBook, StageKey
-from .stage_client import StageClient, StageFailed
+from .stage_client import ProbeTarget, StageClient, StageFailed
 
 DOWN_PROBE_S = 0.25  # how often a down server is probed (a restart is seen within this)
 
 log = logging.getLogger("tessera.router")
-
-
-@dataclass(frozen=True)
-class ProbeTarget:
-    """What the probe thread needs to reach a server (it has clients of its own)."""
-
-    name: str
-    base_url: str
-    token: str | None
 
 
 @dataclass(frozen=True)
@@ -206,11 +197,7 @@ class StageDirectory:
         self._signal.notify()
 
     def _probe_targets(self) -> tuple[ProbeTarget, ...]:
-        return tuple(
-            ProbeTarget(n, s.client.base_url, s.client.token)
-            for n, s in self._stages.items()
-            if s.client is not None and s.client.probe_off_loop
-        )
+        return tuple(s.client.probe_target() for s in self._stages.values() if s.client)
 
     async def _close_idle_retired(self) -> None:
         """Close the clients of retired servers that no request of ours uses any more."""
@@ -272,15 +259,9 @@ class StageDirectory:
             await self.poll_once()
 
     async def housekeep_forever(self, interval_s: float = 1.0) -> None:
-        """Close the clients of retired servers, and poll here the stages whose clients the
-        probe thread cannot stand in for (`StageClient.probe_off_loop`)."""
+        """Close the clients of retired servers (the probe thread probes the others)."""
         while True:
             await asyncio.sleep(interval_s)
-            own = [s for s in self._stages.values() if s.client and not s.client.probe_off_loop]
-            if own:
-                await asyncio.gather(*(self._poll(s) for s in own))
-                self._use_measured_speeds()
-                self._signal.notify()
             await self._close_idle_retired()
 
     def mark_down(self, server: str, why: str = "a step failed") -> None:

@@ -2,10 +2,12 @@
 
 The router's event loop can stall (a huge request to parse, a burst of work): a probe made on it
 would then time out on every stage at once and mark the whole pool down. Here each stage is
-probed (`GET /state`) by its own task on a private event loop in a daemon thread, with clients of
-its own; each answer is handed to the router's loop (`call_soon_threadsafe`), where
-`LiveChains.apply_probe` applies it. An answer applied late (the router's loop was stalled) is
-still a true answer: it says the stage was up when probed.
+probed by its own task on a private event loop in a daemon thread, through a client of its own
+that the stage's client supplies (`StageClient.probe_target`: a worker's `GET /state`, vLLM's
+`/metrics`), so any engine is probed here. Each answer is handed to the router's loop
+(`call_soon_threadsafe`), settled there by the stage's client (what only it knows: vLLM's
+sessions and calibration) and applied by `LiveChains.apply_probe`. An answer applied late (the
+router's loop was stalled) is still a true answer: it says the stage was up when probed.
 
 A stage that is down is probed every `DOWN_PROBE_S`, so a restarted or thawed stage is used
 again within a fraction of a second of becoming ready.
@@ -21,8 +23,8 @@ import time
 from tessera.api.stage import StageState
 from tessera.errors import TesseraError
 
-from .chains import DOWN_PROBE_S, LiveChains, ProbeTarget
-from .stage_client import StageClient
+from .chains import DOWN_PROBE_S, LiveChains
+from .stage_client import ProbeTarget
 
 log = logging.getLogger("tessera.router")
 
@@ -76,7 +78,7 @@ class ProbeThread:
             await asyncio.gather(*tasks.values(), return_exceptions=True)
 
     async def _probe_forever(self, target: ProbeTarget) -> None:
-        client = StageClient(target.name, target.base_url, token=target.token)
+        client = target.connect()
         try:
             while True:
                 started_s = time.monotonic()
@@ -85,12 +87,18 @@ class ProbeThread:
                 except TesseraError as exc:
                     state = exc
                 try:
-                    self.router_loop.call_soon_threadsafe(
-                        self.chains.apply_probe, target.name, target.base_url, started_s, state
-                    )
+                    self.router_loop.call_soon_threadsafe(self._apply, target, started_s, state)
                 except RuntimeError:  # the router's loop is closed: we are shutting down
                     return
                 up = self.chains.is_up(target.name)
                 await asyncio.sleep(self.interval_s if up else min(self.interval_s, DOWN_PROBE_S))
         finally:
             await client.aclose()
+
+    def _apply(
+        self, target: ProbeTarget, started_s: float, state: StageState | TesseraError
+    ) -> None:
+        """On the router's loop: the answer settled by the stage's client, then applied."""
+        if isinstance(state, StageState):
+            state = target.settle(state)
+        self.chains.apply_probe(target.name, target.base_url, started_s, state)

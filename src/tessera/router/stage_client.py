@@ -79,12 +79,20 @@ class _Reply:
         return self.content.decode("utf-8", "replace")
 
 
-class StageClient:
-    # Its `state()` is a plain GET that any client of the same URL can make, so the probe
-    # thread (probe.py) may use a client of its own. A client whose state is its own (vLLM's
-    # sessions and calibration) says False and is polled on the router's loop.
-    probe_off_loop = True
+@dataclass(frozen=True)
+class ProbeTarget:
+    """How the probe thread (probe.py) probes one stage, whatever its engine, on a loop of its
+    own: `connect()` makes it a client of its own there, whose `state()` it polls; each answer
+    then goes through `settle` on the router's loop, where the router's client adds what only
+    it knows (a vLLM client: its sessions and calibration), before it is applied."""
 
+    name: str
+    base_url: str
+    connect: Callable[[], StageClient]
+    settle: Callable[[wire.StageState], wire.StageState]
+
+
+class StageClient:
     def __init__(
         self,
         server: str,
@@ -267,6 +275,19 @@ class StageClient:
     async def close(self, session_id: str) -> None:
         response = await self._post(f"/v1/sessions/{session_id}/close")
         self._raise_for(response)
+
+    def probe_target(self) -> ProbeTarget:
+        """This stage for the probe thread (a client kind with state of its own overrides
+        `_probe_client` and `settle_probe`)."""
+        return ProbeTarget(self.server, self.base_url, self._probe_client, self.settle_probe)
+
+    def _probe_client(self) -> StageClient:
+        # A worker's /state is a plain GET: any client of the same URL and token can make it.
+        return StageClient(self.server, self.base_url, token=self.token)
+
+    def settle_probe(self, state: wire.StageState) -> wire.StageState:
+        """A probe's answer as this stage's state (on the router's loop)."""
+        return state
 
     async def state(self) -> wire.StageState:
         response = await self._request("GET", "/state", timeout_s=2.0)

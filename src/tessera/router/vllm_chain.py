@@ -140,8 +140,6 @@ def load_to_state(
 class VllmStageClient(StageClient):
     """The stage client of a vLLM OpenAI server that serves the whole model as `model_name`."""
 
-    probe_off_loop = False  # its state counts its own sessions and calibration
-
     def __init__(
         self,
         server: str,
@@ -166,6 +164,7 @@ class VllmStageClient(StageClient):
         self._sessions: dict[str, _Session] = {}
         self.decode_s_per_block: float | None = None  # measured by `calibrate`
         self._calibration: asyncio.Task[float] | None = None
+        self._closed = False  # no calibration is started after `aclose`
 
     async def open(self, session_id: str, start: int, end: int, max_length: int) -> int:
         if start != 0 or end != self.num_blocks:
@@ -268,6 +267,7 @@ class VllmStageClient(StageClient):
         s.response, s.lines = None, None
 
     async def aclose(self) -> None:
+        self._closed = True
         if self._calibration is not None:
             self._calibration.cancel()
         for sid in list(self._sessions):
@@ -307,11 +307,15 @@ class VllmStageClient(StageClient):
             else:
                 log.info("calibrating vLLM stage %s failed; trying again", self.server)
             self._calibration = task = None
-        if self.decode_s_per_block is None and task is None:
+        if self.decode_s_per_block is None and task is None and not self._closed:
             self._calibration = asyncio.get_running_loop().create_task(self.calibrate())
         return self.decode_s_per_block is not None
 
     async def state(self) -> wire.StageState:
+        return self.settle_probe(await self._load_state())
+
+    async def _load_state(self) -> wire.StageState:
+        """vLLM's /metrics as a state: what any client of the server can read."""
         response = await self._request("GET", "/metrics", timeout_s=STATE_TIMEOUT_S)
         if response.status_code != 200:
             raise StageFailed(self.server, f"/metrics answered HTTP {response.status_code}")
@@ -319,21 +323,43 @@ class VllmStageClient(StageClient):
             load = parse_metrics(response.text)
         except ValueError as exc:
             raise StageFailed(self.server, f"unreadable /metrics: {exc}") from exc
-        calibrated = self._calibrated()
-        state = load_to_state(
+        return load_to_state(
             self.server,
             load,
             num_blocks=self.num_blocks,
             max_length=self.max_length,
             capacity_slots=self.capacity_slots,
-            decode_s_per_block=self.decode_s_per_block or 0.0,
         )
-        update: dict[str, object] = {}
-        if not calibrated:  # not routed to before WS-RR can compare it
+
+    def settle_probe(self, state: wire.StageState) -> wire.StageState:
+        """What only this client knows: vLLM's measured decode time (not ready until then, so
+        that WS-RR never compares it unmeasured), and its sessions (none free past its share)."""
+        calibrated = self._calibrated()
+        update: dict[str, object] = {"decode_s_per_block": self.decode_s_per_block or 0.0}
+        if not calibrated:
             update["ready"] = False
         if self.max_sessions is not None and len(self._sessions) >= self.max_sessions:
             update["free_slots"] = 0
-        return state.model_copy(update=update) if update else state
+        return state.model_copy(update=update)
+
+    def _probe_client(self) -> StageClient:
+        return _VllmMetricsClient(
+            self.server,
+            self.base_url,
+            model_name=self.model_name,
+            num_blocks=self.num_blocks,
+            max_length=self.max_length,
+            capacity_slots=self.capacity_slots,
+            token=self.token,
+        )
+
+
+class _VllmMetricsClient(VllmStageClient):
+    """The probe thread's client of a vLLM stage: /metrics alone (the router's own client
+    settles each answer with its calibration and sessions)."""
+
+    async def state(self) -> wire.StageState:
+        return await self._load_state()
 
 
 async def _sse_data(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:

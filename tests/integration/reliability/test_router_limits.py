@@ -17,13 +17,12 @@ import time
 
 import httpx
 import pytest
-import uvicorn
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[3]))
-from reliability_procs import free_port  # noqa: E402
-from tests.unit.router_fakes import MODEL, fake_pool, router_app  # noqa: E402
+from reliability_procs import router_on_fakes  # noqa: E402
+from tests.unit.router_fakes import MODEL  # noqa: E402
 
-from tessera.router.http_limits import HttpLimits, uvicorn_settings  # noqa: E402
+from tessera.router.http_limits import HttpLimits  # noqa: E402
 
 KEY = "sk-limits"
 LIMITS = HttpLimits(
@@ -37,30 +36,10 @@ def router(smollm2_dir, tmp_path_factory):
     keys = tmp_path_factory.mktemp("limits") / "keys"
     keys.write_text(f"{KEY}\n")
     # Each step takes a little while, so that a normal answer spans the whole flood.
-    stages = fake_pool(c={"step_delay_s": 0.02})
-    app = router_app(stages, smollm2_dir, api_keys_file=keys, http_limits=LIMITS)
-    port = free_port()
-    settings = uvicorn_settings(LIMITS, app.state.tessera.metrics.count_status)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", **settings
-        )
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "the router did not start"
-        time.sleep(0.1)
-    yield port
-    server.should_exit = True
-    thread.join(timeout=10)
+    with router_on_fakes(
+        smollm2_dir, stage_options={"c": {"step_delay_s": 0.02}}, limits=LIMITS, api_keys_file=keys
+    ) as r:
+        yield r.port
 
 
 def _status_line(sock: socket.socket) -> tuple[int, bytes]:

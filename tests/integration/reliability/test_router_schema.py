@@ -5,21 +5,11 @@ fake stages, so that thousands of generated requests are answered in seconds."""
 
 from __future__ import annotations
 
-import pathlib
-import sys
-import threading
-import time
-
-import httpx
 import pytest
 import schemathesis
-import uvicorn
 from hypothesis import HealthCheck, given, settings
+from reliability_procs import router_on_fakes
 from schemathesis.specs.openapi.checks import positive_data_acceptance
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[3]))
-from reliability_procs import free_port  # noqa: E402
-from tests.unit.router_fakes import fake_pool, router_app  # noqa: E402
 
 KEY = "sk-schema"
 
@@ -40,26 +30,8 @@ MAX_EXAMPLES = 100
 def router_schema(smollm2_dir, tmp_path_factory):
     keys = tmp_path_factory.mktemp("schema") / "keys"
     keys.write_text(f"{KEY}\n")
-    app = router_app(fake_pool(), smollm2_dir, api_keys_file=keys)
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "the router did not start"
-        time.sleep(0.1)
-    yield schemathesis.openapi.from_url(f"{base}/openapi.json")
-    server.should_exit = True
-    thread.join(timeout=10)
+    with router_on_fakes(smollm2_dir, api_keys_file=keys) as r:
+        yield schemathesis.openapi.from_url(f"{r.base_url}/openapi.json")
 
 
 def test_router_conforms_to_its_openapi_document(router_schema):
