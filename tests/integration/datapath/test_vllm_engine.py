@@ -23,7 +23,6 @@ from tessera.api.vllm import MODULE
 VLLM_PY = REPO / ".venv-vllm" / "bin" / "python"
 pytestmark = [
     pytest.mark.vllm,
-    pytest.mark.slow,
     pytest.mark.skipif(not VLLM_PY.is_file(), reason="no .venv-vllm: run `make vllm-venv`"),
 ]
 MODEL = "smollm2-135m-instruct"
