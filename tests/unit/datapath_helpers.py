@@ -1,5 +1,9 @@
 """Models for data-path tests: a tiny random Llama-family model saved as safetensors, and the
-packaged SmolLM2 converted once per machine into the cache (shared with `make run`)."""
+packaged SmolLM2 converted once per machine into the cache (shared with `make run`).
+
+Importing this module loads no torch, so the router's unit tests can take SmolLM2's tokenizer
+from `smollm2_dir` (torch runs only in the one-off conversion); `tiny_model_dir` builds a model
+with torch and serves the worker tests under tests/integration/worker and tests/e2e."""
 
 from __future__ import annotations
 
@@ -7,11 +11,10 @@ import functools
 import pathlib
 import tempfile
 
-import torch
-
 
 @functools.cache
 def tiny_model_dir(arch: str = "llama", tie: bool = False) -> pathlib.Path:
+    import torch
     from transformers import (
         LlamaConfig,
         LlamaForCausalLM,

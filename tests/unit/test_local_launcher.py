@@ -99,6 +99,7 @@ def test_ready_is_printed_only_once_the_router_says_ready(local, tmp_path, monke
     finally:
         up.stop_all()
         server.shutdown()
+        server.server_close()
 
 
 @pytest.mark.parametrize(("lossy", "wire"), [(False, "float16"), (True, "int8-outlier")])

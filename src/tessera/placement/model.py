@@ -138,12 +138,6 @@ class Plan:
     stats: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     reason: str | None = None
 
-    def range_of(self, server: str) -> Placement | None:
-        for p in self.placement:
-            if p.server == server:
-                return p
-        return None
-
     @property
     def statistics(self) -> SolveStats:
         """`stats`, typed (the mapping is what the plan file carries; read this one)."""

@@ -43,8 +43,9 @@ class Up:
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self._q.put(line.rstrip("\n"))
+        with self.proc.stdout:  # closed at its end: an open pipe is a ResourceWarning, an error
+            for line in self.proc.stdout:
+                self._q.put(line.rstrip("\n"))
 
     def wait_for(self, prefix: str, timeout_s: float) -> str:
         deadline = time.monotonic() + timeout_s

@@ -23,7 +23,9 @@ from tessera.api.vllm import MODULE
 VLLM_PY = REPO / ".venv-vllm" / "bin" / "python"
 pytestmark = [
     pytest.mark.vllm,
-    pytest.mark.slow,
+    # Above the global 300 s: the first test's setup starts vLLM (up to 900 s to ready, then up
+    # to 300 s until routed); the fixture's own deadlines fail first, with a clearer message.
+    pytest.mark.timeout(1500),
     pytest.mark.skipif(not VLLM_PY.is_file(), reason="no .venv-vllm: run `make vllm-venv`"),
 ]
 MODEL = "smollm2-135m-instruct"

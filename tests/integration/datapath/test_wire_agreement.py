@@ -11,7 +11,6 @@ from tessera.router.tokenizer import Tokenizer
 from tessera.worker.blocks import load_stage
 from tessera.worker.wire_agreement import PROMPTS, WireRun, greedy_answers, identical
 
-pytestmark = pytest.mark.slow
 NEW_TOKENS = 32
 CUTS = (0, 15, 30)
 

@@ -230,6 +230,8 @@ class EmulatorThread:
     def __exit__(self, *exc: object) -> None:
         self.loop.call_soon_threadsafe(self.stop.set)
         self.thread.join(10)
+        if not self.thread.is_alive():
+            self.loop.close()  # its selector and self-pipe, else ResourceWarnings (errors)
 
 
 def _serve_until_stdin_closes() -> None:

@@ -23,8 +23,6 @@ from conftest import NS, Cluster, gpu_node, llmd, wait_for
 from kopf.testing import KopfRunner
 from pod_runner import Kubelet, this_image_env
 
-pytestmark = pytest.mark.slow
-
 API_KEY = "closed-loop-key"
 PRODUCT = "TESSERA-TEST-CPU"
 # SmolLM2 in float32 as placement sees it. A block is 14.2 MB, but the first and the last stage

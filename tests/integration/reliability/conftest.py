@@ -29,7 +29,8 @@ def pool(smollm2_dir, tmp_path_factory):
     try:
         up.wait_ready()
         p = Pool(up, keys)
-        p.wait_all_up()
-        yield p
+        with p.http:  # its kept-alive connections closed after the module
+            p.wait_all_up()
+            yield p
     finally:
         up.stop()

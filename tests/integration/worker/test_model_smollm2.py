@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tests.unit.datapath_helpers import smollm2_dir
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tessera.router.tokenizer import Tokenizer
 from tessera.worker.blocks import load_stage
 from tessera.worker.sampling import Sampling, sample
-
-from .datapath_helpers import smollm2_dir
 
 NEW_TOKENS = 16
 MESSAGES = [{"role": "user", "content": "Write one sentence about the sea."}]

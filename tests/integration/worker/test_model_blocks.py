@@ -7,13 +7,12 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
+from tests.unit.datapath_helpers import tiny_model_dir
 from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
 
 from tessera.errors import InvalidInput
 from tessera.modelfiles import read_config, sizes
 from tessera.worker.blocks import load_stage
-
-from .datapath_helpers import tiny_model_dir
 
 
 def _whole(directory):
@@ -48,7 +47,7 @@ def _run_whole(directory, ids, steps):
     out, x = [], ids
     with torch.inference_mode():
         for _ in range(steps + 1):
-            logits = model(x, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+            logits = model(x, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
             out.append(logits)
             x = logits.argmax(-1, keepdim=True)
     return out

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import torch
+from tests.unit.datapath_helpers import tiny_model_dir
 
 from tessera.errors import NotFound
 from tessera.worker.blocks import load_stage
 from tessera.worker.sampling import Sampling
 from tessera.worker.scheduler import BatchStats, PositionAhead, Scheduler, Step
 from tessera.worker.sessions import SessionTable
-
-from .datapath_helpers import tiny_model_dir
 
 
 def _setup(max_batch_tokens=64):

@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 import yaml
+from tests.unit.datapath_helpers import smollm2_dir, tiny_model_dir
+from tests.unit.k8s_samples import node, spec
 
 from tessera.local.config import build_problem, parse_config
 from tessera.modelfiles import read_config, sizes
@@ -17,9 +19,6 @@ from tessera.placement.memory import EndWeights, block_memory_bytes
 from tessera.worker.batch import PAGE_TOKENS
 from tessera.worker.blocks import load_stage
 from tessera.worker.server import kv_pages
-
-from .datapath_helpers import smollm2_dir, tiny_model_dir
-from .k8s_samples import node, spec
 
 OWNER = manifests.Owner("smol", "prod", "uid-1")
 IMAGES = manifests.Images("reg/worker:1", "reg/router:1", "Always")
@@ -136,7 +135,7 @@ def test_float32_preset_blocks_and_cache_are_twice_bfloat16():
 def test_tessera_up_and_the_operator_keep_the_same_room_for_the_ends():
     cfg = parse_config(
         yaml.safe_load(
-            (pathlib.Path(__file__).resolve().parents[2] / "examples/local.yaml").read_text()
+            (pathlib.Path(__file__).resolve().parents[3] / "examples/local.yaml").read_text()
         )
     )
     local = build_problem(cfg, sizes(read_config(smollm2_dir()), "float32"))

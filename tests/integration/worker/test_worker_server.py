@@ -7,11 +7,10 @@ import time
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from tests.unit.datapath_helpers import tiny_model_dir
 
 from tessera.worker.blocks import load_stage
 from tessera.worker.server import Worker, WorkerSettings, build_app
-
-from .datapath_helpers import tiny_model_dir
 
 
 def _client(start, end, memory_bytes=10**9, max_length=64):

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tests.unit.datapath_helpers import tiny_model_dir
 
 from tessera.worker.blocks import load_stage
-
-from .datapath_helpers import tiny_model_dir
 
 ATOL = 1e-5
 
