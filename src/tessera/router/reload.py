@@ -114,8 +114,9 @@ class PlanReloader:
             index = names.index(self.client_name) if self.client_name in names else 0
             await self.chains.replace(new.problem, new.plan, clients, client_index=index)
         except TesseraError as exc:
-            self.rejected += 1
+            # Logged before it is counted: whoever waits on the count then finds the reason.
             log.error("plan files changed but are not usable, keeping the old plan: %s", exc)
+            self.rejected += 1
             return False
         self._clients, self._endpoints = clients, dict(new.endpoints)
         if self.on_apply is not None:

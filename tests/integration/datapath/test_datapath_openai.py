@@ -29,7 +29,10 @@ NEW = 12
 
 @pytest.fixture(scope="module")
 def client(up):
-    return openai.OpenAI(base_url=f"{up.base_url}/v1", api_key="unused", max_retries=0, timeout=60)
+    with openai.OpenAI(
+        base_url=f"{up.base_url}/v1", api_key="unused", max_retries=0, timeout=60
+    ) as c:
+        yield c
 
 
 @pytest.fixture(scope="module")
@@ -302,6 +305,7 @@ def test_full_chains_give_429_with_retry_after(up, smollm2_dir):
         router.wait(timeout=15)
         for sid in held:
             stage.post(f"{small}/v1/sessions/{sid}/close")
+        stage.close()
 
 
 def test_no_complete_chain_is_503(up, smollm2_dir):

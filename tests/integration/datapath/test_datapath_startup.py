@@ -29,13 +29,13 @@ def test_the_sdk_succeeds_the_moment_the_model_is_listed(smollm2_dir, tmp_path):
             if not listed:
                 time.sleep(0.05)
         assert listed, "the model was never listed"
-        client = openai.OpenAI(base_url=f"{up.base_url}/v1", api_key="unused", max_retries=0)
-        answer = client.chat.completions.create(
-            model=MODEL,
-            messages=[{"role": "user", "content": "What is the capital of France?"}],
-            max_tokens=8,
-            temperature=0,
-        )
+        with openai.OpenAI(base_url=f"{up.base_url}/v1", api_key="unused", max_retries=0) as c:
+            answer = c.chat.completions.create(
+                model=MODEL,
+                messages=[{"role": "user", "content": "What is the capital of France?"}],
+                max_tokens=8,
+                temperature=0,
+            )
         assert answer.choices[0].message.content
         assert httpx.get(f"{up.base_url}/readyz", timeout=2).status_code == 200
     finally:
