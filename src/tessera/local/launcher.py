@@ -77,6 +77,16 @@ class Child:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def signal_group(self, sig: int) -> None:
+        """Signal the child's whole process group (it leads one: `start_new_session`), so that
+        what it started goes too: vLLM's engine process outlives a killed API server."""
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            pass  # the group is gone: every process of it has exited
+
     def log_tail(self, lines: int = 15) -> str:
         try:
             text = self.log_path.read_text(errors="replace").splitlines()
@@ -359,6 +369,7 @@ class Launcher:
             if c.alive() or self.stopping:
                 continue
             if c.restart_at is None:  # just died
+                c.signal_group(signal.SIGKILL)  # what it left behind, before a new one starts
                 code = c.proc.returncode if c.proc else None
                 c.deaths = [t for t in c.deaths if now - t < DEATH_WINDOW_S] + [now]
                 if len(c.deaths) >= MAX_DEATHS:
@@ -389,7 +400,7 @@ class Launcher:
         self.stopping = True
         live = [c for c in self.children if c.alive()]
         for c in reversed(live):  # the router first, so no new work reaches the stages
-            c.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+            c.signal_group(signal.SIGTERM)
         deadline = time.monotonic() + STOP_TIMEOUT_S
         for c in live:
             try:
@@ -397,3 +408,5 @@ class Launcher:
             except subprocess.TimeoutExpired:
                 c.proc.kill()  # type: ignore[union-attr]
                 c.proc.wait()  # type: ignore[union-attr]
+        for c in self.children:  # anything a child left behind (an orphaned vLLM engine)
+            c.signal_group(signal.SIGKILL)
