@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -60,3 +63,38 @@ def test_a_fresh_start_forgets_the_last_runs_state_but_keeps_the_peering() -> No
     op.start(settings.defaults())
     assert not op.soon and "u" not in op.tokens and op.planning is not lock
     assert op.peering == peering.Peering("tessera", 7)
+
+
+def test_stopping_the_resync_waits_for_its_pass_and_ends_it_between_crs() -> None:
+    """A cancelled task does not stop the thread running its pass: without the wait, a pass of
+    one run went on into the next start's cluster (CI saw one, against a closed API server)."""
+    started, release = threading.Event(), threading.Event()
+    passed: list[str] = []
+
+    class _Kube:
+        def list_llmds(self) -> list[dict[str, Any]]:
+            return [{"metadata": {"namespace": "default", "name": n, "uid": n}} for n in "ab"]
+
+        def get_llmd(self, namespace: str, name: str) -> dict[str, Any]:
+            return {"metadata": {"name": name, "namespace": namespace, "uid": name}}
+
+    def reconcile(_kube: Any, body: Any, *_: Any) -> dict[str, Any]:
+        started.set()
+        release.wait(10)
+        passed.append(body["metadata"]["name"])
+        return {"phase": "Ready"}
+
+    fast = dataclasses.replace(settings.defaults(), resync_s=0.01, recheck_s=0.01)
+    op = Operator(fast, connect=_Kube, reconcile=reconcile)  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        await op.start_resync()
+        await asyncio.get_running_loop().run_in_executor(None, started.wait, 10)
+        stop = asyncio.ensure_future(op.stop_resync())
+        await asyncio.sleep(0.05)
+        assert not stop.done()  # it waits for the pass in flight
+        release.set()
+        await stop
+
+    asyncio.run(scenario())
+    assert passed == ["a"]  # "b" was never begun: the stop came first

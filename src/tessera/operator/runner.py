@@ -35,6 +35,7 @@ from .settings import OperatorSettings, Settings
 
 log = logging.getLogger("tessera.operator")
 RETRY_S = 2.0
+STOP_WAIT_S = 30.0  # a stop waits this long for the resync pass in flight
 Key = tuple[str, str]  # (namespace, name)
 Reconcile = Callable[
     [Kube, Mapping[str, Any], Settings, PlanCache, str, EventSink, TokenMemo], dict[str, Any]
@@ -66,6 +67,10 @@ class Operator:
         self._reconcile = reconcile
         self.peering: peering.Peering | None = None  # `tessera operator --peering`; None: alone
         self.resync_task: asyncio.Task[None] | None = None
+        # The resync pass running in a worker thread: a cancelled task does not stop a thread,
+        # so stopping sets `stopping` (checked between CRs) and waits for the pass to end.
+        self.resync_job: asyncio.Future[None] | None = None
+        self.stopping = threading.Event()
         self.guard = threading.Lock()
         self._client: Kube | None = None
         self.start(settings)
@@ -87,6 +92,7 @@ class Operator:
             # not one a previous run's stray pass still holds.
             self.planning = threading.Lock()
             self.leading = True
+            self.stopping.clear()
 
     def client(self) -> Kube:
         with self.guard:
@@ -178,11 +184,21 @@ class Operator:
         self.resync_task = asyncio.create_task(self._resync_loop())
 
     async def stop_resync(self) -> None:
+        """Ends the loop and the pass it runs: no pass of this run outlives it."""
+        self.stopping.set()
         task, self.resync_task = self.resync_task, None
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        job, self.resync_job = self.resync_job, None
+        if job is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(job), STOP_WAIT_S)
+            except TimeoutError:
+                log.warning("a resync pass still runs %.0f s after the stop", STOP_WAIT_S)
+            except Exception:  # the loop was cancelled before it could see this
+                log.exception("resync failed")
 
     async def _resync_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -197,14 +213,16 @@ class Operator:
                 continue  # another replica leads: kopf has paused our handlers, the loop waits
             with self.guard:
                 keys, self.soon = self.soon, set()
+            self.resync_job = loop.run_in_executor(None, self.resync, keys, full)
             try:
-                await loop.run_in_executor(None, self.resync, keys, full)
+                await asyncio.shield(self.resync_job)
             except ApiException as exc:  # the API server is away: the next tick tries again
                 log.warning("resync failed: API %s %s", exc.status, exc.reason)
                 with self.guard:
                     self.soon |= keys
             except Exception:  # a bug must not end the loop (and with it every resync) silently
                 log.exception("resync failed")
+            self.resync_job = None  # seen: a cancellation leaves it for stop_resync to wait on
 
     def may_write(self) -> bool:
         me = self.peering
@@ -233,6 +251,8 @@ class Operator:
                 keys.add((md["namespace"], md["name"]))
                 self.tokens.forget(md["uid"])  # re-create the worker token if one was deleted
         for namespace, name in sorted(keys):
+            if self.stopping.is_set():
+                return
             self.run_quietly(namespace, name)
 
     # ---- other triggers ----

@@ -119,7 +119,11 @@ def test_one_failing_cr_never_stops_another_ones_repair(
 
     monkeypatch.setattr(reconcile_module, "solve", solve)
     _pool(cluster)
-    bad = llmd("a-boom")  # sorted first: the resync meets it before the good one
+    # Its own nodes: sharing the good one's, it would find them taken once the good one is
+    # placed and fail for that before its solver runs (a flake CI met).
+    for i in range(2):
+        cluster.add_node(gpu_node(f"boom-{i}", A100, pool="boom"))
+    bad = llmd("a-boom", pool="boom")  # sorted first: the resync meets it before the good one
     bad["spec"]["model"]["name"] = "boom"
     cluster.create(bad)
     cluster.create(llmd("good"))
