@@ -278,9 +278,7 @@ def _compute_only() -> tuple[float, int]:
     inv = inventory.build(spec, nodes)
     plan = solve(inv.problem, spec.placement.solver)
     objs = [
-        manifests.stage_deployment(
-            owner, spec, inv.server(p.server), (p.start, p.end), inv.problem, images
-        )
+        manifests.stage_deployment(owner, spec, inv.server(p.server), (p.start, p.end), images)
         for p in plan.placement
     ]
     objs += [manifests.stage_service(owner, p.server) for p in plan.placement]

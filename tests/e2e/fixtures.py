@@ -82,7 +82,7 @@ def restricted_pods(ns: str) -> list[dict[str, Any]]:
     owner = manifests.Owner("pss", ns, "00000000-0000-0000-0000-000000000000")
     images = manifests.Images("reg/worker:1", "reg/router:1")
     deps = [
-        manifests.stage_deployment(owner, spec, inv.servers[0], (0, 30), inv.problem, images),
+        manifests.stage_deployment(owner, spec, inv.servers[0], (0, 30), images),
         manifests.router_deployment(
             owner, spec, images, spec.node_pool.network.zone_label, inv.router_zone
         ),

@@ -129,7 +129,7 @@ def test_the_operators_pods_run_launches_the_cli_reads_back(batch_invariant: boo
     s = spec(stages={"batchInvariant": batch_invariant}, router={"apiKeySecret": "keys"})
     inv = inventory.build(s, [node("n1", gpus=2)])
     info = inv.servers[1]
-    dep = manifests.stage_deployment(OWNER, s, info, (10, 45), inv.problem, IMAGES)
+    dep = manifests.stage_deployment(OWNER, s, info, (10, 45), IMAGES)
     args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
     worker = _parse(args)
     assert worker == manifests.worker_launch(s, info, 10, 45)

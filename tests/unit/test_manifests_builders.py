@@ -26,9 +26,7 @@ def _all(s: Any = None, nodes: list[dict[str, Any]] | None = None) -> list[dict[
     inv = inventory.build(s, nodes)
     plan = solve(inv.problem)
     objs = [
-        manifests.stage_deployment(
-            OWNER, s, inv.server(p.server), (p.start, p.end), inv.problem, IMAGES
-        )
+        manifests.stage_deployment(OWNER, s, inv.server(p.server), (p.start, p.end), IMAGES)
         for p in plan.placement
     ]
     objs += [manifests.stage_service(OWNER, p.server) for p in plan.placement]
@@ -82,7 +80,7 @@ def test_owner_references_labels_and_names() -> None:
 def test_stage_pod_is_pinned_secured_and_runs_the_worker_contract() -> None:
     s = spec()
     inv = inventory.build(s, [node("n1", gpus=2)])
-    dep = manifests.stage_deployment(OWNER, s, inv.servers[1], (10, 45), inv.problem, IMAGES)
+    dep = manifests.stage_deployment(OWNER, s, inv.servers[1], (10, 45), IMAGES)
     pod = dep["spec"]["template"]["spec"]
     (c,) = pod["containers"]
     assert c["command"] == ["tessera"]
@@ -167,9 +165,9 @@ def test_plan_configmap_round_trips_through_the_placement_contract() -> None:
 def test_content_hash_is_stable_and_tracks_changes() -> None:
     s = spec()
     inv = inventory.build(s, [node("n1")])
-    a = manifests.stage_deployment(OWNER, s, inv.servers[0], (0, 40), inv.problem, IMAGES)
-    b = manifests.stage_deployment(OWNER, s, inv.servers[0], (0, 40), inv.problem, IMAGES)
-    c = manifests.stage_deployment(OWNER, s, inv.servers[0], (0, 41), inv.problem, IMAGES)
+    a = manifests.stage_deployment(OWNER, s, inv.servers[0], (0, 40), IMAGES)
+    b = manifests.stage_deployment(OWNER, s, inv.servers[0], (0, 40), IMAGES)
+    c = manifests.stage_deployment(OWNER, s, inv.servers[0], (0, 41), IMAGES)
     key = manifests.HASH_ANNOTATION
     assert a["metadata"]["annotations"][key] == b["metadata"]["annotations"][key]
     assert a["metadata"]["annotations"][key] != c["metadata"]["annotations"][key]

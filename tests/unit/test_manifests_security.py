@@ -28,7 +28,7 @@ def _spec(source: dict[str, str] | None = None, **overrides: Any) -> Any:
 
 def _stage(s: Any) -> dict[str, Any]:
     inv = inventory.build(s, [node("n1")])
-    return manifests.stage_deployment(OWNER, s, inv.servers[0], (0, 80), inv.problem, IMAGES)
+    return manifests.stage_deployment(OWNER, s, inv.servers[0], (0, 80), IMAGES)
 
 
 def _router(s: Any) -> dict[str, Any]:

@@ -65,7 +65,7 @@ def test_drift_is_judged_against_everything_the_operator_sets() -> None:
     s = spec()
     inv = inventory.build(s, _pool(2, 1))
     images = manifests.Images("w:1", "r:1")
-    want = manifests.stage_deployment(OWNER, s, inv.servers[0], (0, 80), inv.problem, images)
+    want = manifests.stage_deployment(OWNER, s, inv.servers[0], (0, 80), images)
     live = json.loads(json.dumps(want))
     live["status"] = {"readyReplicas": 1}  # the server's own fields are not drift
     live["spec"]["template"]["spec"]["containers"][0]["terminationMessagePath"] = "/dev/x"

@@ -249,7 +249,6 @@ def stage_deployment(
     spec: LLMDeploymentSpec,
     info: ServerInfo,
     blocks: tuple[int, int],
-    problem: Problem,
     images: Images,
 ) -> dict[str, Any]:
     name = stage_name(owner, info.name)

@@ -71,7 +71,7 @@ def vllm_stage_deployment(
     image: str = DEFAULT_IMAGE,
 ) -> dict[str, Any]:
     """The stage Deployment of full replica `info`, running `image` (vLLM's OpenAI server)."""
-    dep = m.stage_deployment(owner, spec, info, (0, problem.num_blocks), problem, images)
+    dep = m.stage_deployment(owner, spec, info, (0, problem.num_blocks), images)
     pod = dep["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     line = shlex.join(["exec", "python3", "-m", MODULE, *vllm_args(spec, info)])

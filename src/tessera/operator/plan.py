@@ -171,7 +171,7 @@ def plan(snap: Snapshot, settings: Settings, solve: Solver, now: str) -> Outcome
             owner, spec, inv.server(s), inv.problem, images, manifests_vllm.image_of(spec, images)
         )
         if s in vllm
-        else manifests.stage_deployment(owner, spec, inv.server(s), r, inv.problem, images)
+        else manifests.stage_deployment(owner, spec, inv.server(s), r, images)
         for s, r in sorted(after.items())
         if s in present
     ]

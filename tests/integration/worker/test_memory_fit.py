@@ -72,9 +72,7 @@ def test_operator_plan_for_smollm2_on_tight_nodes_gives_every_stage_memory_for_i
     plan = solve(inv.problem, "cg-bprr")
     memory = {}
     for p in plan.placement:
-        dep = manifests.stage_deployment(
-            OWNER, s, inv.server(p.server), (p.start, p.end), inv.problem, IMAGES
-        )
+        dep = manifests.stage_deployment(OWNER, s, inv.server(p.server), (p.start, p.end), IMAGES)
         args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
         memory[p.server] = int(args[args.index("--memory-bytes") + 1])
         assert args[args.index("--dtype") + 1] == "float32"
