@@ -38,6 +38,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy --strict src/tessera/placement src/tessera/api src/tessera/router \
 		src/tessera/operator src/tessera/sim src/tessera/local src/tessera/cli src/tessera/errors.py src/tessera/units.py \
 		src/tessera/worker/scheduler.py src/tessera/worker/batch.py src/tessera/worker/sessions.py
+	$(BIN)/mypy --strict tests/e2e  # they skip here (no GPU, no cluster): typing keeps them current
 
 # The vLLM tests start vLLM's CPU build (minutes): `make test-vllm` runs them.
 test: $(STAMP) lint typecheck

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tessera.worker.blocks import load_stage, pick_device
+from tessera.worker.blocks import StageModel, load_stage, pick_device
 
 from ..unit.datapath_helpers import smollm2_dir, tiny_model_dir
 
@@ -16,12 +16,12 @@ pytestmark = [
 ]
 
 
-def test_auto_picks_the_gpu():
+def test_auto_picks_the_gpu() -> None:
     assert pick_device("auto").type == "cuda"
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_gpu_batch_equals_each_alone_and_the_cpu_in_fp32(dtype):
+def test_gpu_batch_equals_each_alone_and_the_cpu_in_fp32(dtype: str) -> None:
     d = smollm2_dir()
     gpu = [load_stage(d, 0, 12, dtype, "cuda"), load_stage(d, 12, 30, dtype, "cuda")]
     prompts = [
@@ -29,7 +29,7 @@ def test_gpu_batch_equals_each_alone_and_the_cpu_in_fp32(dtype):
         for n in (5, 31, 12)
     ]
 
-    def run(stages, batch):
+    def run(stages: list[StageModel], batch: list[torch.Tensor]) -> list[torch.Tensor]:
         caches = [[s.new_cache(256) for s in stages] for _ in batch]
         hs = list(batch)
         for k, s in enumerate(stages):
@@ -49,7 +49,7 @@ def test_gpu_batch_equals_each_alone_and_the_cpu_in_fp32(dtype):
             assert int(a.argmax()) == int(b.argmax())
 
 
-def test_tiny_model_on_gpu_keeps_kv_on_the_device():
+def test_tiny_model_on_gpu_keeps_kv_on_the_device() -> None:
     stage = load_stage(tiny_model_dir("llama"), 0, 8, "float32", "cuda")
     cache = stage.new_cache(64)
     stage.forward(torch.tensor([[1, 2, 3]]), cache, 0)
