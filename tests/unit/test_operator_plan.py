@@ -100,6 +100,13 @@ def _deployed(world: _World) -> _World:
     return world
 
 
+def _planned(status: Any) -> str:
+    """The Planned condition's message."""
+    (planned,) = [c for c in status["conditions"] if c["type"] == "Planned"]
+    message: str = planned["message"]
+    return message
+
+
 def _plan_servers(status: dict[str, Any]) -> list[str]:
     return [s["server"] for s in status["plan"]["stages"]]
 
@@ -145,6 +152,7 @@ def test_the_plan_is_pure_and_a_second_pass_changes_nothing() -> None:
     again = world.plan()  # the decision now reads "plan unchanged": that is all it writes
     assert (again.apply, again.delete, again.events) == ((), (), ())
     assert again.status["message"].endswith("plan unchanged")
+    assert _planned(again.status) == "initial plan"  # why the plan is what it is
     world.carry_out(again)
     third = world.plan()
     assert (third.apply, third.delete, third.events, third.write_status) == ((), (), (), False)
@@ -176,6 +184,11 @@ def test_a_lost_node_replans_names_the_stage_and_removes_its_children() -> None:
     assert ("Deployment", name) in out.delete and ("Service", name) in out.delete
     # The stages left are ready and cover every block: still Ready, now on fewer stages.
     assert out.write_status and out.status["stages"] == len(old["plan"]["stages"]) - 1
+    # The Planned condition keeps saying why after the next pass, as the Event did (Events expire).
+    world.carry_out(out)
+    later = world.plan()
+    assert f"lost 1 stage(s) ({lost['server']})" not in later.status["message"]  # this pass's
+    assert _planned(later.status).startswith(f"lost 1 stage(s) ({lost['server']})")
 
 
 def test_a_spec_change_replans_with_the_old_and_new_figures() -> None:

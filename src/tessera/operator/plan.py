@@ -153,6 +153,9 @@ def plan(snap: Snapshot, settings: Settings, solve: Solver, now: str) -> Outcome
         more = " ..." if len(lost) > 5 else ""
         reason = f"lost {len(lost)} stage(s) ({', '.join(lost[:5])}{more}): {reason}"
     target = rollout.ranges_of(decision.target)
+    # The Planned condition says why the plan is what it is: the reason of its last change (the
+    # one its Event told; Events expire), kept while passes change nothing.
+    why = reason if target != recorded else (_planned_message(previous) or reason)
     step = rollout.rollout_step(inv.problem.num_blocks, deployed, ready, target)
     after = {s: r for s, r in deployed.items() if s not in step.delete}
     after |= {s: target[s] for s in step.apply}
@@ -213,6 +216,7 @@ def plan(snap: Snapshot, settings: Settings, solve: Solver, now: str) -> Outcome
         router_ready=router is not None and is_ready(router),
         endpoint=manifests.endpoint(owner),
         decision=reason,
+        plan_reason=why,
         moved=decision.moved,
         keys=keys,
         unschedulable=snap.unschedulable,
@@ -253,6 +257,16 @@ def _images(spec: LLMDeploymentSpec, default: manifests.Images) -> manifests.Ima
 def _condition_reason(previous: Obj, type_: str) -> str | None:
     conds = previous.get("conditions") or []
     return next((c.get("reason") for c in conds if c.get("type") == type_), None)
+
+
+def _planned_message(previous: Obj) -> str | None:
+    """Why the recorded plan is what it is: the message of a true Planned condition."""
+    conds = previous.get("conditions") or []
+    planned = next((c for c in conds if c.get("type") == "Planned"), None)
+    if planned is None or planned.get("status") != "True":
+        return None
+    message = planned.get("message")
+    return message if isinstance(message, str) and message else None
 
 
 def _blocks(dep: Obj) -> tuple[int, int] | None:

@@ -65,7 +65,8 @@ class Observed:
     ready: frozenset[str]
     router_ready: bool
     endpoint: str
-    decision: str
+    decision: str  # this pass's (for the message)
+    plan_reason: str  # why the plan is what it is: its last change's reason (Planned condition)
     moved: bool  # this pass adopted a new plan (its stages are starting)
     keys: KeyCheck
     unschedulable: tuple[tuple[str, str], ...] = ()  # (pod, the scheduler's message)
@@ -137,7 +138,7 @@ def compute(obs: Observed, previous: Mapping[str, Any], now: str) -> dict[str, A
         stages=stages,
     )
     conditions = [
-        _condition(conds, "Planned", True, "PlanFound", obs.decision, now),
+        _condition(conds, "Planned", True, "PlanFound", obs.plan_reason, now),
         _condition(
             conds,
             "StagesReady",

@@ -230,7 +230,9 @@ def test_status_tells_lost_stages_and_unschedulable_pods(
         ),
         what="a plan without the lost node",
     )
-    assert "lost" in st["message"] and victim in st["message"]
+    # The Planned condition keeps why (the message says only this pass's decision).
+    planned = next(c for c in st["conditions"] if c["type"] == "Planned")
+    assert "lost" in planned["message"] and victim in planned["message"]
     events = wait_for(lambda: cluster.events("Planned")[planned_before:], what="a Planned Event")
     assert "lost" in events[-1].message and "per-token" in events[-1].message
     assert " -> " in events[-1].message  # old and new predicted figures
