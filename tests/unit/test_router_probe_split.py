@@ -37,19 +37,19 @@ def test_the_probe_thread_probes_every_engine_and_its_client_settles_the_answer(
     async def scenario() -> tuple[set[str], bool, dict[str, bool]]:
         clients = {n: (_OwnStateStage if n == own else FakeStage)(n, *LAYOUT[n]) for n in LAYOUT}
         chains = LiveChains(problem, plan, clients)  # type: ignore[arg-type]
-        targets = {t.name for t in chains.probe_targets}
-        chains.mark_down(own, "test")
-        before = chains.is_up(own)
-        prober = ProbeThread(chains, asyncio.get_running_loop(), interval_s=0.01)
+        targets = {t.name for t in chains.directory.probe_targets}
+        chains.directory.mark_down(own, "test")
+        before = chains.directory.is_up(own)
+        prober = ProbeThread(chains.directory, asyncio.get_running_loop(), interval_s=0.01)
         prober.start()
         try:
             for _ in range(300):
-                if all(chains.is_up(n) for n in LAYOUT):
+                if all(chains.directory.is_up(n) for n in LAYOUT):
                     break
                 await asyncio.sleep(0.01)
         finally:
             prober.stop()
-        return targets, before, {n: chains.is_up(n) for n in LAYOUT}
+        return targets, before, {n: chains.directory.is_up(n) for n in LAYOUT}
 
     targets, before, after = asyncio.run(scenario())
     assert targets == set(LAYOUT)  # the vLLM-like stage too

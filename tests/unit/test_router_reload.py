@@ -141,7 +141,10 @@ def test_new_requests_use_the_reloaded_plan_and_a_running_one_keeps_its_chain(tm
         assert new_chain == "a2>c2" and new_text == old_text
         assert "b" not in c.get("/health").json()["stages_up"]
         chains = app.state.tessera.chains
-        _wait(lambda: stages["b"] not in chains.stage_clients(), "the retired clients to close")
+        _wait(
+            lambda: stages["b"] not in chains.directory.stage_clients(),
+            "the retired clients to close",
+        )
     assert all(not s.sessions for s in stages.values())
 
 

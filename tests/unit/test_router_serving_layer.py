@@ -56,15 +56,15 @@ def test_a_reload_retires_a_replaced_stage_until_its_last_session_closes():
         problem, plan = problem_and_plan()
         clients = {n: FakeStage(n, *LAYOUT[n]) for n in LAYOUT}
         chains = LiveChains(problem, plan, clients)  # type: ignore[arg-type]
-        await chains.poll_once()
+        await chains.directory.poll_once()
         chains.opened("b", "req-1", 10, 100.0)
         moved = {**clients, "b": FakeStage("b", *LAYOUT["b"])}  # b at a new address
-        await chains.replace(problem, plan, moved)  # type: ignore[arg-type]
-        assert chains.client("b") is moved["b"]  # new requests: the new client
-        assert clients["b"] in chains.stage_clients()  # the running request's: still held
-        chains.closed("b", "req-1")
-        await chains.poll_once()
-        assert clients["b"] not in chains.stage_clients()
+        await chains.directory.replace(problem, plan, moved)  # type: ignore[arg-type]
+        assert chains.directory.client("b") is moved["b"]  # new requests: the new client
+        assert clients["b"] in chains.directory.stage_clients()  # the running request's: still held
+        chains.slots.closed("b", "req-1")
+        await chains.directory.poll_once()
+        assert clients["b"] not in chains.directory.stage_clients()
 
     asyncio.run(scenario())
 
@@ -74,7 +74,7 @@ def test_the_queue_count_is_released_when_a_wait_ends_in_busy():
         problem, plan = problem_and_plan()
         stages = fake_pool(**{n: {"total_slots": 0} for n in LAYOUT})  # full everywhere
         chains = LiveChains(problem, plan, stages)  # type: ignore[arg-type]
-        await chains.poll_once()
+        await chains.directory.poll_once()
         queue = AdmissionQueue(max_wait_s=0.3, max_queue=1)
         first = asyncio.create_task(queue.admit(chains, 4, PARAMS))
         await asyncio.sleep(0.05)
@@ -95,7 +95,7 @@ def test_without_a_complete_chain_admission_is_unavailable():
         for s in stages.values():
             s.dead = True
         chains = LiveChains(problem, plan, stages)  # type: ignore[arg-type]
-        await chains.poll_once()
+        await chains.directory.poll_once()
         with pytest.raises(Unavailable):
             await AdmissionQueue(max_wait_s=0.0).admit(chains, 4, PARAMS)
 

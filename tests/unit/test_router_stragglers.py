@@ -124,7 +124,7 @@ def test_first_tokens_are_hedged_when_step_times_spread_and_the_loser_is_closed(
         reference, _ = _streamed(c)
         chains = c.app.state.tessera.chains  # type: ignore[attr-defined]
         for i in range(40):  # a stage whose hops spread widely: hedging pays
-            chains.times("b").record(1, 0.5 if i % 3 == 0 else 0.05)
+            chains.stragglers.times("b").record(1, 0.5 if i % 3 == 0 else 0.05)
         text, _ = _streamed(c)
         assert text == reference
         assert _metric(c, 'tessera_hedges_total{reason="first_token"') == 1

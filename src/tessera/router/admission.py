@@ -137,12 +137,12 @@ class AdmissionQueue:
                     attempt += 1
                     try:
                         expected_end_s = time.monotonic() + choice.service_s
-                        await run.open(chains.hops(choice.chain), expected_end_s)
+                        await run.open(chains.directory.hops(choice.chain), expected_end_s)
                         return run
                     except Busy:
                         wait_s = None  # the worker refused: our view of its room was wrong
                     except StageFailed as exc:
-                        chains.mark_down(exc.server)
+                        chains.directory.mark_down(exc.server)
                         continue  # try the next best chain at once
                     except BaseException:  # cancelled (client gone) while opening: free it
                         run.close_soon()

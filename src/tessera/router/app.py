@@ -132,7 +132,7 @@ def build_app(config: RouterConfig) -> FastAPI:
     reloader = (
         PlanReloader(
             config.plan_files,
-            chains,
+            chains.directory,
             clients,
             config.endpoints,
             make_client,
@@ -145,14 +145,15 @@ def build_app(config: RouterConfig) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        await chains.poll_once()
+        directory = chains.directory
+        await directory.poll_once()
         prober: ProbeThread | None = None
         if config.stage_clients is None:  # real stages: probed off the event loop
-            prober = ProbeThread(chains, asyncio.get_running_loop(), config.poll_interval_s)
+            prober = ProbeThread(directory, asyncio.get_running_loop(), config.poll_interval_s)
             prober.start()
-            tasks = [asyncio.create_task(chains.housekeep_forever(config.poll_interval_s))]
+            tasks = [asyncio.create_task(directory.housekeep_forever(config.poll_interval_s))]
         else:  # in-process stand-ins live on this loop
-            tasks = [asyncio.create_task(chains.poll_forever(config.poll_interval_s))]
+            tasks = [asyncio.create_task(directory.poll_forever(config.poll_interval_s))]
         if reloader is not None:
             tasks.append(asyncio.create_task(reloader.run_forever(config.reload_interval_s)))
         yield
@@ -160,7 +161,7 @@ def build_app(config: RouterConfig) -> FastAPI:
             task.cancel()
         if prober is not None:
             prober.stop()
-        held = {id(c): c for c in [*clients.values(), *chains.stage_clients()]}
+        held = {id(c): c for c in [*clients.values(), *directory.stage_clients()]}
         for client in held.values():
             await client.aclose()
 
@@ -187,7 +188,10 @@ def build_app(config: RouterConfig) -> FastAPI:
 
     def readiness() -> Response:
         ok = chains.has_complete_chain()
-        body = {"status": "ok" if ok else "no complete chain", "stages_up": chains.up_servers()}
+        body = {
+            "status": "ok" if ok else "no complete chain",
+            "stages_up": chains.directory.up_servers(),
+        }
         return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/readyz", responses=HEALTH_RESPONSES)

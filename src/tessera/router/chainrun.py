@@ -25,7 +25,8 @@ from tessera.api.stage import StepToken
 from tessera.errors import Busy, NotFound
 from tessera.placement.wire import boundary
 
-from .chains import Hop, LiveChains
+from .chains import LiveChains
+from .directory import Hop
 from .stage_client import StageFailed, StepSampling, Tensor
 
 log = logging.getLogger("tessera.router")
@@ -153,13 +154,13 @@ class ChainRun:
             last = i == len(self.hops) - 1
             work = len(new_tokens) * (hop.end_block - hop.start_block)
             self.work += work
-            self.chains.count_work(work)
+            self.chains.stragglers.count_work(work)
             # The output crosses this stage's link and the next one's: the smaller dtype
             # (asked only for a compressed link: an exact one needs nothing extra).
             wire_dtype = None
             if not last:
-                after = self.chains.client(self.hops[i + 1].server).wire_dtype
-                wire_dtype = boundary(self.chains.client(hop.server).wire_dtype, after)
+                after = self.chains.directory.client(self.hops[i + 1].server).wire_dtype
+                wire_dtype = boundary(self.chains.directory.client(hop.server).wire_dtype, after)
             x = await self._hop(
                 hop.server, sid, x, position, last, len(new_tokens), overrun, wire_dtype
             )
@@ -178,13 +179,13 @@ class ChainRun:
         overrun: Callable[[str], None] | None,
         wire_dtype: str | None = None,
     ) -> Tensor | StepToken:
-        client = self.chains.client(server)
-        times = self.chains.times(server)
-        deadline_s = times.deadline_s(tokens, self.chains.straggler_policy)
+        client = self.chains.directory.client(server)
+        times = self.chains.stragglers.times(server)
+        deadline_s = times.deadline_s(tokens, self.chains.stragglers.policy)
         t0 = time.perf_counter()
         watchdog = None
         if deadline_s is not None and overrun is not None:
-            watchdog = _Watchdog(server, deadline_s, self.chains.straggler_policy.floor_s, overrun)
+            watchdog = _Watchdog(server, deadline_s, self.chains.stragglers.policy.floor_s, overrun)
         try:
             sampling = self.sampling if last else None
             out = await client.step(sid, x, position, sampling, wire_dtype=wire_dtype)
@@ -208,7 +209,7 @@ class ChainRun:
 
         async def one(hop: Hop) -> None:
             try:
-                slots = await self.chains.client(hop.server).open(
+                slots = await self.chains.directory.client(hop.server).open(
                     sid, hop.start_block, hop.end_block, self.max_length
                 )
             except Busy:
@@ -249,11 +250,11 @@ class ChainRun:
     async def _close(self, hops: list[Hop], sid: str) -> None:
         async def one(hop: Hop) -> None:
             try:
-                await self.chains.client(hop.server).close(sid)
+                await self.chains.directory.client(hop.server).close(sid)
             except Exception as exc:  # the worker expires it anyway; say so and move on
                 log.info("closing %s on %s failed: %s", sid, hop.server, exc)
             finally:
-                self.chains.closed(hop.server, sid)
+                self.chains.slots.closed(hop.server, sid)
 
         await asyncio.gather(*(one(h) for h in hops))
 

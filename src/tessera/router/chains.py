@@ -6,7 +6,8 @@
 - `SlotBook` (`slots.py`): the slots our sessions hold since the last poll, and their ends;
 - `StragglerBook` (`stragglers.py`): recent hop times per stage and the hedging budget.
 A server's load is its last `/state` corrected by the slot book; a server that is down is
-excluded. The worker stays the authority on admission: an open that it refuses (busy) makes
+excluded. Callers reach each part for its own concern (`chains.directory.client(...)`,
+`chains.stragglers.times(...)`); `LiveChains` holds only what needs more than one part. The worker stays the authority on admission: an open that it refuses (busy) makes
 the caller wait or try another chain (`admission.py` queues requests for room).
 """
 
@@ -15,17 +16,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Collection, Mapping
 
-from tessera.api.stage import StageState
-from tessera.errors import TesseraError
 from tessera.placement import Plan, Problem
 from tessera.placement.routing import RouteChoice, ws_rr
 
-from .directory import DOWN_PROBE_S, Hop, StageDirectory
+from .directory import StageDirectory
 from .slots import RoomSignal, SlotBook
-from .stage_client import ProbeTarget, StageClient
-from .stragglers import StageTimes, StragglerBook, StragglerPolicy
+from .stage_client import StageClient
+from .stragglers import StragglerBook, StragglerPolicy
 
-__all__ = ["DOWN_PROBE_S", "Hop", "LiveChains", "ProbeTarget"]
+__all__ = ["LiveChains"]
 
 
 class LiveChains:
@@ -56,88 +55,11 @@ class LiveChains:
             straggler_policy or StragglerPolicy(), on_hedge=on_hedge, on_work=on_work
         )
 
-    # --- the directory (what the probe thread, the reloader and the app use) ---------------------
-    @property
-    def plan(self) -> Plan:
-        return self.directory.plan
-
-    @property
-    def num_blocks(self) -> int:
-        return self.directory.problem.num_blocks
-
-    @property
-    def probe_targets(self) -> tuple[ProbeTarget, ...]:
-        return self.directory.probe_targets
-
-    async def replace(
-        self,
-        problem: Problem,
-        plan: Plan,
-        clients: Mapping[str, StageClient],
-        *,
-        client_index: int = 0,
-    ) -> None:
-        await self.directory.replace(problem, plan, clients, client_index=client_index)
-
-    def apply_probe(
-        self, name: str, base_url: str, started_s: float, state: StageState | TesseraError
-    ) -> None:
-        self.directory.apply_probe(name, base_url, started_s, state)
-
-    async def poll_once(self) -> None:
-        await self.directory.poll_once()
-
-    async def poll_forever(self, interval_s: float = 1.0) -> None:
-        await self.directory.poll_forever(interval_s)
-
-    async def housekeep_forever(self, interval_s: float = 1.0) -> None:
-        await self.directory.housekeep_forever(interval_s)
-
-    def is_up(self, name: str) -> bool:
-        return self.directory.is_up(name)
-
-    def up_servers(self) -> list[str]:
-        return self.directory.up_servers()
-
-    def mark_down(self, server: str, why: str = "a step failed") -> None:
-        self.directory.mark_down(server, why)
-
-    def suspect(self, server: str) -> None:
-        """A step on `server` overran its deadline: new requests avoid it until a probe
-        succeeds (a frozen stage answers no probe; a merely busy one does, at once)."""
-        self.directory.mark_down(server, "a step overran its deadline")
-
-    def client(self, server: str) -> StageClient:
-        return self.directory.client(server)
-
-    def hops(self, chain: tuple[str, ...]) -> list[Hop]:
-        return self.directory.hops(chain)
-
-    def stage_clients(self) -> list[StageClient]:
-        return self.directory.stage_clients()
-
-    # --- stragglers (what a chain run records) ---------------------------------------------------
-    @property
-    def straggler_policy(self) -> StragglerPolicy:
-        return self.stragglers.policy
-
-    def times(self, server: str) -> StageTimes:
-        return self.stragglers.times(server)
-
-    def count_work(self, block_tokens: float) -> None:
-        self.stragglers.count_work(block_tokens)
-
-    def hedged(self, reason: str, winner: str, extra_block_tokens: float) -> None:
-        self.stragglers.hedged(reason, winner, extra_block_tokens)
-
     # --- slots (a chain run's opens and closes) ---------------------------------------------------
     def opened(self, server: str, session_id: str, slots: int, expected_end_s: float) -> None:
         key = self.directory.key_of(server)
         if key is not None:
             self.slots.opened(key, session_id, slots, expected_end_s)
-
-    def closed(self, server: str, session_id: str) -> None:
-        self.slots.closed(server, session_id)
 
     def refused(self, server: str) -> None:
         """The worker said busy: trust that over our estimate until the next poll."""

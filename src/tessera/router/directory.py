@@ -276,6 +276,11 @@ class StageDirectory:
             s.down_until_s = s.marked_s + self._down_s
             self._signal.notify()
 
+    def suspect(self, server: str) -> None:
+        """A step on `server` overran its deadline: new requests avoid it until a probe
+        succeeds (a frozen stage answers no probe; a merely busy one does, at once)."""
+        self.mark_down(server, "a step overran its deadline")
+
     def _use_measured_speeds(self) -> None:
         """Once every server has measured its step time, route with measured times, not the plan's."""
         stages = self._stages.values()

@@ -86,7 +86,7 @@ async def _hedged(run: ChainRun, tokens: list[int], position: int, first: bool) 
             if primary.done():
                 return primary.result()
             slow = straggler.result()
-            run.chains.suspect(slow)
+            run.chains.directory.suspect(slow)
             fork = await _open_fork(run, {slow})
             reason = "straggler"
             if fork is None:  # nowhere to hedge: wait for the stage (or its step timeout)
@@ -103,8 +103,12 @@ def _first_hedge_avoid(run: ChainRun) -> set[str] | None:
     """The stage a first-token hedge should avoid (the chain's widest-spread one), or None when
     this request is not to be hedged (spread too low, or over the budget)."""
     chains = run.chains
-    spread, worst = max(((chains.times(s).spread(), s) for s in run.chain), default=(1.0, ""))
-    if not chains.stragglers.should_hedge(spread, len(run.tokens) * chains.num_blocks):
+    spread, worst = max(
+        ((chains.stragglers.times(s).spread(), s) for s in run.chain), default=(1.0, "")
+    )
+    if not chains.stragglers.should_hedge(
+        spread, len(run.tokens) * chains.directory.problem.num_blocks
+    ):
         return None
     return {worst}
 
@@ -119,11 +123,11 @@ async def _open_fork(run: ChainRun, avoid: set[str]) -> ChainRun | None:
         return None
     fork = run.fork()
     try:
-        await fork.open(chains.hops(choice.chain), time.monotonic() + choice.service_s)
+        await fork.open(chains.directory.hops(choice.chain), time.monotonic() + choice.service_s)
     except Busy:
         return None
     except StageFailed as exc:
-        chains.mark_down(exc.server)
+        chains.directory.mark_down(exc.server)
         return None
     return fork
 
@@ -152,7 +156,7 @@ async def _race(
                 if exc is None:
                     won = task is hedge
                     loser_work = run.work - work_before if won else fork.work
-                    chains.hedged(reason, "hedge" if won else "primary", loser_work)
+                    chains.stragglers.hedged(reason, "hedge" if won else "primary", loser_work)
                     if won:
                         primary.cancel()
                         run.adopt(fork)
@@ -162,8 +166,8 @@ async def _race(
                 if task is primary:
                     primary_failure = exc
                 if not isinstance(exc, SessionLost):
-                    chains.mark_down(exc.server)
-        chains.hedged(reason, "none", fork.work)
+                    chains.directory.mark_down(exc.server)
+        chains.stragglers.hedged(reason, "none", fork.work)
         raise primary_failure  # both failed: the caller fails the run over
     finally:
         if not hedge.done():
@@ -174,7 +178,7 @@ async def recover(run: ChainRun, failure: StageFailed, policy: FailoverPolicy) -
     """Put `run` on a new chain (sessions opened, caches empty) or raise Unavailable."""
     chains = run.chains
     if not isinstance(failure, SessionLost):  # a stage that lost our session is still healthy
-        chains.mark_down(failure.server)
+        chains.directory.mark_down(failure.server)
     if run.failovers >= policy.max_failovers:
         raise Unavailable(f"gave up after {run.failovers} failovers; last: {failure}")
     log.warning("request %s: %s; re-routing", run.request_id, failure)
@@ -185,11 +189,13 @@ async def recover(run: ChainRun, failure: StageFailed, policy: FailoverPolicy) -
         choice = chains.choose(len(run.tokens), remaining_out)
         if choice is not None and choice.wait_s <= 0.0:
             try:
-                await run.reopen(chains.hops(choice.chain), time.monotonic() + choice.service_s)
+                await run.reopen(
+                    chains.directory.hops(choice.chain), time.monotonic() + choice.service_s
+                )
             except Busy:
                 pass  # wait for room below
             except StageFailed as exc:
-                chains.mark_down(exc.server)
+                chains.directory.mark_down(exc.server)
                 continue  # the next best chain at once
             else:
                 log.warning(

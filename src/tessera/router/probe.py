@@ -23,7 +23,7 @@ import time
 from tessera.api.stage import StageState
 from tessera.errors import TesseraError
 
-from .chains import DOWN_PROBE_S, LiveChains
+from .directory import DOWN_PROBE_S, StageDirectory
 from .stage_client import ProbeTarget
 
 log = logging.getLogger("tessera.router")
@@ -31,9 +31,9 @@ log = logging.getLogger("tessera.router")
 
 class ProbeThread:
     def __init__(
-        self, chains: LiveChains, loop: asyncio.AbstractEventLoop, interval_s: float
+        self, directory: StageDirectory, loop: asyncio.AbstractEventLoop, interval_s: float
     ) -> None:
-        self.chains = chains
+        self.directory = directory
         self.router_loop = loop
         self.interval_s = interval_s
         self._loop = asyncio.new_event_loop()
@@ -63,7 +63,7 @@ class ProbeThread:
         tasks: dict[ProbeTarget, asyncio.Task[None]] = {}
         try:
             while not self._stop.is_set():
-                targets = set(self.chains.probe_targets)  # swapped whole by a plan reload
+                targets = set(self.directory.probe_targets)  # swapped whole by a plan reload
                 for gone in set(tasks) - targets:
                     tasks.pop(gone).cancel()
                 for target in targets - set(tasks):
@@ -90,7 +90,7 @@ class ProbeThread:
                     self.router_loop.call_soon_threadsafe(self._apply, target, started_s, state)
                 except RuntimeError:  # the router's loop is closed: we are shutting down
                     return
-                up = self.chains.is_up(target.name)
+                up = self.directory.is_up(target.name)
                 await asyncio.sleep(self.interval_s if up else min(self.interval_s, DOWN_PROBE_S))
         finally:
             await client.aclose()
@@ -101,4 +101,4 @@ class ProbeThread:
         """On the router's loop: the answer settled by the stage's client, then applied."""
         if isinstance(state, StageState):
             state = target.settle(state)
-        self.chains.apply_probe(target.name, target.base_url, started_s, state)
+        self.directory.apply_probe(target.name, target.base_url, started_s, state)

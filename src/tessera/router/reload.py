@@ -22,7 +22,7 @@ import yaml
 from tessera.errors import InvalidInput, TesseraError
 from tessera.placement.planset import PlanFiles, PlanSet, parse_plan_set
 
-from .chains import LiveChains
+from .directory import StageDirectory
 from .stage_client import StageClient
 
 __all__ = ["PlanFiles", "PlanReloader", "PlanSet", "load_mapping", "read_plan_set"]
@@ -78,7 +78,7 @@ class PlanReloader:
     def __init__(
         self,
         files: PlanFiles,
-        chains: LiveChains,
+        directory: StageDirectory,
         clients: Mapping[str, StageClient],
         endpoints: Mapping[str, str],
         make_client: Callable[[str, str], StageClient],
@@ -86,7 +86,7 @@ class PlanReloader:
         on_apply: Callable[[PlanSet], None] | None = None,
     ) -> None:
         self.files = files
-        self.chains = chains
+        self.directory = directory
         self.make_client = make_client
         self.client_name = client_name
         self.on_apply = on_apply  # e.g. the request limits taken from the problem's workload
@@ -112,7 +112,7 @@ class PlanReloader:
             clients = self._clients_for(new.endpoints)
             names = [c.name for c in new.problem.clients]
             index = names.index(self.client_name) if self.client_name in names else 0
-            await self.chains.replace(new.problem, new.plan, clients, client_index=index)
+            await self.directory.replace(new.problem, new.plan, clients, client_index=index)
         except TesseraError as exc:
             # Logged before it is counted: whoever waits on the count then finds the reason.
             log.error("plan files changed but are not usable, keeping the old plan: %s", exc)
@@ -125,7 +125,7 @@ class PlanReloader:
         log.warning(
             "plan reloaded: %d stages, route %s",
             len(new.plan.placement),
-            ">".join(self.chains.plan.routes.get(names[index], ())) if names else "",
+            ">".join(self.directory.plan.routes.get(names[index], ())) if names else "",
         )
         return True
 

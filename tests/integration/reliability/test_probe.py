@@ -55,21 +55,21 @@ def test_a_stalled_event_loop_does_not_mark_stages_down_and_probes_end_down_mark
             n: StageClient(n, f"http://127.0.0.1:{s.server_address[1]}") for n, s in servers.items()
         }
         chains = LiveChains(problem, plan, clients)  # type: ignore[arg-type]
-        await chains.poll_once()
-        prober = ProbeThread(chains, asyncio.get_running_loop(), interval_s=0.2)
+        await chains.directory.poll_once()
+        prober = ProbeThread(chains.directory, asyncio.get_running_loop(), interval_s=0.2)
         prober.start()
         seen_down: list[str] = []
         try:
             time.sleep(3.0)  # the router's loop stalls past the 2 s /state timeout
             await asyncio.sleep(0.5)  # the probes' answers are applied now
-            seen_down += [n for n in LAYOUT if not chains.is_up(n)]
+            seen_down += [n for n in LAYOUT if not chains.directory.is_up(n)]
             servers["b"].answering.clear()  # b stops answering: marked down
-            while chains.is_up("b"):
+            while chains.directory.is_up("b"):
                 await asyncio.sleep(0.05)
-            chains.mark_down("c")  # a failed step; c's probes still succeed
+            chains.directory.mark_down("c")  # a failed step; c's probes still succeed
             servers["b"].answering.set()
             t0 = time.monotonic()
-            while not (chains.is_up("b") and chains.is_up("c")):
+            while not (chains.directory.is_up("b") and chains.directory.is_up("c")):
                 assert time.monotonic() - t0 < 30, "a probe should end the down marks"
                 await asyncio.sleep(0.05)
         finally:
