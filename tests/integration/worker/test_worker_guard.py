@@ -4,15 +4,9 @@ with a deployment token nothing but the probes answers without it."""
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
-from tests.unit.datapath_helpers import tiny_model_dir
-
-from tessera.worker.blocks import load_stage
-from tessera.worker.server import Worker, WorkerSettings, build_app
+from worker_app import started_worker
 
 TOKEN = "deployment-token-1"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
@@ -20,14 +14,7 @@ AUTH = {"authorization": f"Bearer {TOKEN}"}
 
 @pytest.fixture(scope="module")
 def whole():
-    d = tiny_model_dir("llama")
-    settings = WorkerSettings("w", "tiny", 0, 8, 10**9, 64, idle_timeout_s=60)
-    client = TestClient(build_app(Worker(settings, lambda: load_stage(d, 0, 8)), token=TOKEN))
-    client.__enter__()
-    deadline = time.monotonic() + 30
-    while client.get("/readyz").status_code != 200:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    client = started_worker(0, 8, token=TOKEN)
     yield client
     client.__exit__(None, None, None)
 

@@ -2,33 +2,17 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 from tests.unit.datapath_helpers import tiny_model_dir
+from worker_app import started_worker
 
 from tessera.worker.blocks import load_stage
-from tessera.worker.server import Worker, WorkerSettings, build_app
-
-
-def _client(start, end, memory_bytes=10**9, max_length=64):
-    d = tiny_model_dir("llama")
-    settings = WorkerSettings("w", "tiny", start, end, memory_bytes, max_length, idle_timeout_s=60)
-    worker = Worker(settings, lambda: load_stage(d, start, end))
-    client = TestClient(build_app(worker))
-    client.__enter__()
-    deadline = time.monotonic() + 30
-    while client.get("/readyz").status_code != 200:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    return client
 
 
 @pytest.fixture(scope="module")
 def first():
-    c = _client(0, 4)
+    c = started_worker(0, 4)
     yield c
     c.__exit__(None, None, None)
 
@@ -40,7 +24,7 @@ def last():
     d = tiny_model_dir("llama")
     stage = load_stage(d, 4, 8)
     slot = stage.cache_bytes_per_token * 64
-    c = _client(4, 8, memory_bytes=stage.weight_bytes + 8 * slot)
+    c = started_worker(4, 8, memory_bytes=stage.weight_bytes + 8 * slot)
     yield c
     c.__exit__(None, None, None)
 
