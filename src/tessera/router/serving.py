@@ -270,7 +270,7 @@ def _observe(state: RouterState, t0: float, first_s: float | None, n_out: int) -
             m.tpot.observe((total - first_s) / (n_out - 1))
 
 
-def _event(obj: BaseModel | dict[str, Any]) -> bytes:
+def _event(obj: BaseModel | dict[str, object]) -> bytes:
     data = obj.model_dump() if isinstance(obj, BaseModel) else obj
     return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
 
@@ -325,7 +325,7 @@ async def _sse(
             yield _event(render.usage_chunk(usage(len(prep.prompt), n_out)))
     except TesseraError as exc:  # failover gave up: an OpenAI error event, then [DONE]
         outcome[OUTCOME_KEY] = str(error_response(exc).status_code)
-        yield b"data: " + json.dumps(error_event(exc)).encode() + b"\n\n"
+        yield _event(error_event(exc))
     finally:
         run.close_soon()
         _observe(state, t0, first_s, n_out)
